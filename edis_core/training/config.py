@@ -1,0 +1,101 @@
+"""The one configuration of an offline-to-online run (`edis train`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edis_core.agents.calql import CalQLConfig
+from edis_core.agents.iql import IQLConfig
+from edis_core.generator import EDISConfig
+
+SyntheticMode = Literal["none", "unguided", "edis"]
+
+
+@dataclass
+class SyntheticSchedule:
+    """When and how much synthetic data the online phase gets (EDIS.md §7)."""
+
+    ratio: float = 0.5
+    """ρ: fraction of every online agent batch drawn from generated transitions."""
+    prior_steps: int = 20_000
+    """Diffusion-prior training steps in the offline phase."""
+    refresh_every: int = 2_000
+    """Online env steps between refreshes (energies retrained, new samples generated)."""
+    samples_per_refresh: int = 10_000
+    """New transitions generated per refresh; they replace the oldest in the buffer."""
+    buffer_size: int = 20_000
+    """Capacity of the synthetic buffer."""
+    energy_steps: int = 500
+    """Energy (InfoNCE) gradient steps per refresh."""
+    min_positive: int = 1_000
+    """Guided refreshes wait until the positive buffer holds this many transitions."""
+    real_sample: int = 20_000
+    """Most recent real transitions used as E_T positives per refresh."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"synthetic.ratio must be in [0, 1), got {self.ratio}")
+        for name in ("refresh_every", "samples_per_refresh", "buffer_size", "real_sample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"synthetic.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prior_steps", "energy_steps", "min_positive"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"synthetic.{name} must be >= 0, got {getattr(self, name)}")
+        if self.samples_per_refresh > self.buffer_size:
+            raise ValueError("synthetic.samples_per_refresh must not exceed synthetic.buffer_size "
+                             f"({self.samples_per_refresh} > {self.buffer_size})")
+
+
+@dataclass
+class TrainConfig:
+    """Offline pre-training for `offline_steps` gradient steps, then `online_steps` env steps."""
+
+    agent: Literal["iql", "calql"] = "iql"
+    dataset: str = "edis/hopper-random-v0"
+    env_id: str | None = None
+    """Environment for the online phase and evaluation; default: the dataset's own."""
+    synthetic: SyntheticMode = "none"
+    seed: int = 0
+    device: str = "cpu"
+    """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
+    torch_threads: int = 0
+    """0 keeps torch's default."""
+    offline_steps: int = 10_000
+    online_steps: int = 10_000
+    batch_size: int = 256
+    utd_ratio: int = 1
+    """Agent updates per online environment step."""
+    offline_ratio: float = 0.5
+    """Fraction of the real part of an online batch drawn from the offline dataset."""
+    replay_capacity: int = 1_000_000
+    positive_capacity: int = 5_000
+    """Positive buffer size in transitions: the most recent whole trajectories."""
+    offline_eval_every: int = 5_000
+    online_eval_every: int = 5_000
+    eval_episodes: int = 5
+    log_every: int = 1_000
+    checkpoint_every: int = 5_000
+    """In gradient steps offline and env steps online."""
+    schedule: SyntheticSchedule = field(default_factory=SyntheticSchedule)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    calql: CalQLConfig = field(default_factory=CalQLConfig)
+    edis: EDISConfig = field(default_factory=EDISConfig)
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        for name in ("offline_steps", "online_steps", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "utd_ratio", "replay_capacity", "positive_capacity",
+                     "offline_eval_every", "online_eval_every", "eval_episodes", "log_every",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.offline_ratio <= 1.0:
+            raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
+
+    @property
+    def agent_config(self) -> IQLConfig | CalQLConfig:
+        return self.iql if self.agent == "iql" else self.calql

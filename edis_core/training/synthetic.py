@@ -1,0 +1,56 @@
+"""The synthetic-data supply of the online phase: when to refresh and what a refresh does.
+
+A refresh (EDIS.md §7) retrains the energies on fresh positives (guided mode only) and
+generates `samples_per_refresh` new transitions that replace the oldest ones in the
+synthetic buffer. Unguided mode (SynthER-style) only generates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from edis_core.buffers import PositiveBuffer, ReplayBuffer
+from edis_core.generator import SyntheticGenerator
+from edis_core.training.config import SyntheticSchedule
+from edis_core.transitions import Transitions
+
+
+class SyntheticSupply:
+    def __init__(self, generator: SyntheticGenerator, schedule: SyntheticSchedule,
+                 guided: bool, buffer: ReplayBuffer):
+        self.generator = generator
+        self.schedule = schedule
+        self.guided = guided
+        self.buffer = buffer
+        self.last_refresh: int | None = None
+
+    def due(self, env_step: int, positives: PositiveBuffer) -> bool:
+        if self.guided and len(positives) < self.schedule.min_positive:
+            return False
+        return self.last_refresh is None or env_step - self.last_refresh >= (
+            self.schedule.refresh_every)
+
+    def refresh(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                policy: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+        start = time.perf_counter()
+        stats: dict[str, Any] = {"kind": "synthetic", "phase": "online", "step": env_step}
+        if self.guided:
+            real = _most_recent(replay, self.schedule.real_sample)
+            energy_stats = self.generator.train_energies(
+                positives.contents(), real, policy, self.schedule.energy_steps)
+            stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
+        samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
+        self.buffer.add(samples)
+        self.last_refresh = env_step
+        stats.update(generated=len(samples), buffer=len(self.buffer),
+                     refresh_seconds=time.perf_counter() - start)
+        return stats
+
+
+def _most_recent(replay: ReplayBuffer, n: int) -> Transitions:
+    contents = replay.contents()
+    return contents.take(slice(max(0, len(contents) - n), None))

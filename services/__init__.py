@@ -1,0 +1,1 @@
+"""The runtime: entry points and (later) rollout actors, learner and sampler services."""

@@ -1,0 +1,173 @@
+"""`edis`: the one entry point, used by `make run`, the tests and (later) the services.
+
+  edis data make --env Hopper-v5 --policy random --steps 20000 --dataset-id hopper/random-v0
+  edis data info hopper/random-v0
+  edis train --agent iql --dataset hopper/random-v0 --seed 0 --run-dir runs/x [--profile smoke]
+  edis train --resume runs/x
+  edis diagnose runs/x
+  edis demo                      # the embedded default that `make run` starts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the network at run time
+
+DEMO_DATASET = "edis/hopper-random-v0"
+DEMO_ENV = "Hopper-v5"
+DEMO_STEPS = 50_000
+DEMO_RUN_DIR = Path("runs/demo")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def cmd_data_make(args: argparse.Namespace) -> int:
+    from edis_core.data.minari_io import make_dataset
+
+    policy = None
+    if args.policy != "random":
+        policy = _checkpoint_policy(Path(args.policy), args.env)
+    info = make_dataset(args.env, policy, steps=args.steps, dataset_id=args.dataset_id,
+                        seed=args.seed, policy_name=args.policy, overwrite=args.overwrite)
+    _print_json(info)
+    return 0
+
+
+def _checkpoint_policy(run_dir: Path, env_id: str):
+    from edis_core.training.envs import ActionScaler, make_env
+    from edis_core.training.policy import env_policy, load_trained_agent
+
+    if not run_dir.is_dir():
+        raise ValueError(f"--policy must be 'random' or a run directory with a checkpoint; "
+                         f"{run_dir} does not exist")
+    agent, _, _ = load_trained_agent(run_dir)
+    env = make_env(env_id, seed=0)
+    return env_policy(agent, ActionScaler.for_space(env.action_space))
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from edis_core.data.minari_io import dataset_info
+
+    _print_json(dataset_info(args.dataset_id))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edis_core.config import build
+    from edis_core.training.config import TrainConfig
+    from edis_core.training.trainer import Trainer
+
+    if args.resume:
+        trainer = Trainer.load(Path(args.resume))
+    else:
+        if args.run_dir is None:
+            raise ValueError("edis train needs --run-dir DIR (or --resume DIR)")
+        fields = {"agent": args.agent, "dataset": args.dataset, "seed": args.seed,
+                  "synthetic": args.synthetic, "device": args.device}
+        config = build(TrainConfig, args.profile, fields, args.set)
+        trainer = Trainer.create(config, Path(args.run_dir))
+    summary = trainer.run()
+    _print_json(summary)
+    print(f"results in {trainer.run_dir}: metrics.jsonl, summary.json, learning_curve.png")
+    return 0 if summary["status"] == "completed" else 130
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from edis_core.training.diagnose import diagnose_run
+
+    report = diagnose_run(Path(args.run_dir), samples=args.samples, seed=args.seed)
+    _print_json(report)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Make the embedded dataset if missing, run EDIS offline->online, diagnose it."""
+    from edis_core.data.minari_io import DatasetError, dataset_info, make_dataset
+
+    try:
+        dataset_info(DEMO_DATASET)
+    except DatasetError:
+        print(f"making the embedded dataset {DEMO_DATASET} ({DEMO_STEPS} random steps)")
+        make_dataset(DEMO_ENV, None, steps=DEMO_STEPS, dataset_id=DEMO_DATASET, seed=0)
+    run_dir = Path(args.run_dir)
+    train_args = ["train", "--profile", "demo", "--dataset", DEMO_DATASET,
+                  "--synthetic", "edis", "--run-dir", str(run_dir)]
+    from edis_core.training.checkpoint import checkpoint_path
+
+    if checkpoint_path(run_dir).exists():
+        train_args = ["train", "--resume", str(run_dir)]
+    code = main(train_args)
+    if code != 0:
+        return code
+    print("diagnostics of the guided sampler against the unguided one:")
+    return main(["diagnose", str(run_dir)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="make and inspect Minari datasets").add_subparsers(
+        dest="data_command", required=True)
+    make = data.add_parser("make", help="write a Minari dataset by running a policy locally")
+    make.add_argument("--env", required=True, help="gymnasium id, e.g. Hopper-v5")
+    make.add_argument("--policy", default="random",
+                      help="'random' or a run directory whose checkpoint acts")
+    make.add_argument("--steps", type=int, required=True)
+    make.add_argument("--dataset-id", required=True, help="e.g. hopper/random-v0")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--overwrite", action="store_true")
+    make.set_defaults(func=cmd_data_make)
+    info = data.add_parser("info", help="print a local dataset's facts as JSON")
+    info.add_argument("dataset_id")
+    info.set_defaults(func=cmd_data_info)
+
+    train = commands.add_parser("train", help="offline pre-training then online fine-tuning")
+    train.add_argument("--agent", choices=["iql", "calql"])
+    train.add_argument("--dataset")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--synthetic", choices=["none", "unguided", "edis"])
+    train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    train.add_argument("--run-dir")
+    train.add_argument("--profile", default="default", help="a YAML profile under configs/")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config field, e.g. --set iql.expectile=0.8")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    diagnose = commands.add_parser("diagnose", help="guided vs unguided sample diagnostics")
+    diagnose.add_argument("run_dir")
+    diagnose.add_argument("--samples", type=int, default=2_000)
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.set_defaults(func=cmd_diagnose)
+
+    demo = commands.add_parser("demo", help="the embedded default run (what `make run` does)")
+    demo.add_argument("--run-dir", default=str(DEMO_RUN_DIR))
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from edis_core.config import ConfigError
+    from edis_core.data.minari_io import DatasetError
+    from edis_core.training.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, CheckpointError, ValueError) as err:
+        print(f"edis: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
