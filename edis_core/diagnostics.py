@@ -1,0 +1,346 @@
+"""Diagnostics: does energy guidance move generated transitions where EDIS says it should?
+
+EDIS targets q(s, a, s') = d^π(s) · π(a|s) · T(s'|s, a) (Theorem 3.1), so a batch of guided
+samples should, compared with an unguided batch from the same prior,
+  - have states closer to the positive buffer (≈ d^π): `mmd`, the state energy E_s;
+  - have actions more likely under the current policy: `policy_log_likelihood`, E_π;
+  - keep s' and r as faithful to the true dynamics: `dynamics_fidelity`, E_T;
+  - stay finite and inside the data's range: `validity`.
+`compare` puts these side by side in a JSON-ready report.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+from edis_core.agents.base import Agent
+from edis_core.transitions import Transitions
+
+# dynamics_no_worse allows guided error up to 10% above unguided: both errors are estimates
+# from a few hundred samples, and this slack keeps sampling noise from flipping the verdict
+# while still catching guidance that breaks the dynamics (errors that grow many-fold).
+DYNAMICS_TOLERANCE = 1.1
+
+# Leading qpos entries (the root's x, or x and y) that these MuJoCo envs leave out of the
+# observation by default (exclude_current_positions_from_observation=True).
+_EXCLUDED_ROOT_POSITIONS = {"HopperEnv": 1, "Walker2dEnv": 1, "HalfCheetahEnv": 1, "AntEnv": 2}
+# Envs that clip qvel to [-c, c] in the observation, losing the true velocity beyond it.
+_OBS_VELOCITY_CLIP = {"HopperEnv": 10.0, "Walker2dEnv": 10.0}
+
+# Keeps log π(a|s) of a tanh-squashed policy finite for actions on (or past) the bounds.
+_ACTION_EPS = 1e-6
+
+
+# --- (a) state alignment ---------------------------------------------------------------------
+
+def _subsample(x: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    if len(x) <= max_points:
+        return x
+    return x[np.sort(rng.choice(len(x), max_points, replace=False))]
+
+
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    d = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+    return np.maximum(d, 0.0)
+
+
+def median_bandwidth(points: np.ndarray) -> float:
+    """Median heuristic: the median pairwise distance between distinct points."""
+    d = _squared_distances(points, points)[np.triu_indices(len(points), k=1)]
+    median = float(np.sqrt(np.median(d)))
+    return median if median > 0 else 1.0
+
+
+def mmd(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None, max_points: int = 2000,
+        seed: int = 0, reference: np.ndarray | None = None, standardize: bool = True) -> float:
+    """Unbiased squared MMD between samples x and y with k(u, v) = exp(-|u-v|² / 2h²).
+
+    Features are z-scored with the mean and std of `reference` (default: x and y pooled, which
+    keeps MMD symmetric) so that every dimension weighs alike; `standardize=False` passes raw
+    features through. `bandwidth` h defaults to the median heuristic on the (z-scored)
+    reference. Fixing `reference` makes MMDs of several x against one y use the same kernel,
+    hence comparable. Each set is subsampled to `max_points` rows, deterministically by `seed`.
+    The unbiased estimate can be slightly negative when x and y share a distribution.
+    """
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"mmd: x has {x.shape[1]} features, y has {y.shape[1]}")
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError("mmd: x and y need at least 2 rows each")
+    rng = np.random.default_rng(seed)
+    x, y = _subsample(x, max_points, rng), _subsample(y, max_points, rng)
+    ref = np.concatenate([x, y]) if reference is None else np.asarray(reference, np.float64)
+    ref = _subsample(ref.reshape(len(ref), -1), max_points, rng)
+    if standardize:
+        mean, std = ref.mean(0), ref.std(0)
+        std = np.where(std > 1e-8, std, 1.0)
+        x, y, ref = (x - mean) / std, (y - mean) / std, (ref - mean) / std
+    h = median_bandwidth(ref) if bandwidth is None else bandwidth
+    if h <= 0:
+        raise ValueError(f"mmd: bandwidth must be > 0, got {h}")
+    k_xx = np.exp(-_squared_distances(x, x) / (2 * h * h))
+    k_yy = np.exp(-_squared_distances(y, y) / (2 * h * h))
+    k_xy = np.exp(-_squared_distances(x, y) / (2 * h * h))
+    m, n = len(x), len(y)
+    # MMD²_u = Σ_{i≠j} k(x_i,x_j)/m(m-1) + Σ_{i≠j} k(y_i,y_j)/n(n-1) − 2 Σ k(x_i,y_j)/mn
+    xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(xx + yy - 2.0 * k_xy.mean())
+
+
+# --- (b) policy alignment --------------------------------------------------------------------
+
+def scale_actions(actions: np.ndarray, action_low: np.ndarray,
+                  action_high: np.ndarray) -> np.ndarray:
+    """Env units -> the agent's [-1, 1] box, clipped just inside it."""
+    low, high = np.asarray(action_low, np.float64), np.asarray(action_high, np.float64)
+    if np.any(high <= low):
+        raise ValueError("action_high must be > action_low in every dimension")
+    scaled = 2.0 * (np.asarray(actions, np.float64) - low) / (high - low) - 1.0
+    return np.clip(scaled, -1.0 + _ACTION_EPS, 1.0 - _ACTION_EPS)
+
+
+def policy_log_likelihood(agent: Agent, observations: np.ndarray, actions: np.ndarray,
+                          action_low: np.ndarray, action_high: np.ndarray,
+                          batch_size: int = 4096) -> float:
+    """Mean log π(a|s) over rows; the E_π target. Actions are in env units.
+
+    Actions outside the box are clipped to it (a tanh policy has no density outside), so
+    this measures alignment, not validity: see `validity` for out-of-range rows.
+    """
+    if len(observations) != len(actions) or len(actions) == 0:
+        raise ValueError("policy_log_likelihood: need as many (>0) observations as actions")
+    scaled = scale_actions(actions, action_low, action_high)
+    device = getattr(agent, "device", "cpu")
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(actions), batch_size):
+            obs = torch.as_tensor(observations[start:start + batch_size], dtype=torch.float32,
+                                  device=device)
+            act = torch.as_tensor(scaled[start:start + batch_size], dtype=torch.float32,
+                                  device=device)
+            total += float(agent.log_prob(obs, act).double().sum())
+    return total / len(actions)
+
+
+# --- (c) dynamics fidelity -------------------------------------------------------------------
+
+def _make_env(env_id: str, obs_dim: int) -> gym.Env:
+    env = gym.make(env_id)
+    if env.observation_space.shape == (obs_dim,):
+        return env
+    unwrapped = env.unwrapped
+    model = getattr(unwrapped, "model", None)
+    # Ant-v5 appends 78 contact forces by default; datasets may hold only qpos[2:] + qvel.
+    if type(unwrapped).__name__ == "AntEnv" and obs_dim == model.nq - 2 + model.nv:
+        env.close()
+        return gym.make(env_id, include_cfrc_ext_in_observation=False)
+    env.close()
+    raise ValueError(f"{env_id} observations have {env.observation_space.shape} dims, "
+                     f"the transitions have {obs_dim}")
+
+
+def _excluded_root_positions(env: gym.Env) -> int:
+    """How many leading qpos entries the observation leaves out; ValueError if unknown."""
+    unwrapped = env.unwrapped
+    env_id = env.spec.id if env.spec else type(unwrapped).__name__
+    if not isinstance(unwrapped, MujocoEnv):
+        raise ValueError(f"{env_id} is not a MuJoCo env: dynamics fidelity is not supported")
+    nq, nv = unwrapped.model.nq, unwrapped.model.nv
+    obs_dim = env.observation_space.shape[0]
+    name = type(unwrapped).__name__
+    if name in _EXCLUDED_ROOT_POSITIONS:
+        excluded = _EXCLUDED_ROOT_POSITIONS[name]
+        if not getattr(unwrapped, "_exclude_current_positions_from_observation", True):
+            excluded = 0
+        if obs_dim >= nq - excluded + nv:  # any extra dims (Ant's contact forces) are outputs
+            return excluded
+    for excluded in (1, 2, 0):
+        if obs_dim == nq - excluded + nv:
+            return excluded
+    raise ValueError(f"{env_id} is not supported: its {obs_dim}-dim observation is not "
+                     f"qpos[k:] + qvel (nq={nq}, nv={nv}) for k in 0, 1, 2")
+
+
+def dynamics_fidelity(env_id: str, transitions: Transitions, max_samples: int = 500,
+                      seed: int = 0, scale: np.ndarray | None = None) -> dict:
+    """Error of generated (s', r, done) against the simulator stepped from (s, a).
+
+    For each sampled row the MuJoCo state is set from s with `set_state(qpos, qvel)`, where
+    the observation is qpos[k:] + qvel (+ derived outputs such as Ant's contact forces, which
+    are not needed to set the state and are compared as part of s'): Hopper, Walker2d,
+    HalfCheetah leave out the root x (k=1), Ant the root x and y (k=2); other MuJoCo envs whose
+    observation is exactly qpos[k:] + qvel for k in (1, 2, 0) are mapped the same way, the rest
+    raise ValueError. The left-out coordinates are set to 0: the dynamics are invariant to
+    translating the root, and the forward reward uses only the velocity
+    (x_after − x_before)/dt, so neither s' nor r depends on them.
+    Hopper and Walker2d clip qvel to [-10, 10] in their observation, so rows whose true
+    velocity was clipped cannot be restored exactly and show some error even for real data
+    (`velocity_clipped_fraction` says how many rows touch the clip). Ant-v5's forward reward
+    uses the torso's xpos, which MuJoCo computes at the start of the last substep, so it lags
+    qpos by one substep; a state restored from s cannot reproduce that lag, leaving a small
+    reward error (MAE ~3e-3 on random-action data) even for real transitions.
+    The unwrapped env is stepped (no time limit), after one reset; its termination flag is
+    only compared with the generated done, never acted on.
+
+    Errors are means over samples of per-sample means over dims; `normalised` ones divide
+    each dim of s' by `scale` (default: per-dim std of the simulator's next states; pass a
+    common scale to compare several batches). Rows with non-finite values are skipped.
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    env = _make_env(env_id, transitions.obs_dim)
+    try:
+        excluded = _excluded_root_positions(env)
+        unwrapped = env.unwrapped
+        nq, nv = unwrapped.model.nq, unwrapped.model.nv
+        finite = np.flatnonzero(_finite_rows(transitions))
+        n_nonfinite = len(transitions) - len(finite)
+        rng = np.random.default_rng(seed)
+        if len(finite) > max_samples:
+            finite = np.sort(rng.choice(finite, max_samples, replace=False))
+        if len(finite) == 0:
+            raise ValueError("dynamics_fidelity: no finite transitions to evaluate")
+        rows = transitions.take(finite)
+        env.reset(seed=seed)
+        true_next = np.zeros(rows.next_observations.shape, np.float64)
+        true_reward = np.zeros(len(rows), np.float64)
+        true_terminal = np.zeros(len(rows), bool)
+        n_pos = nq - excluded
+        clip = _OBS_VELOCITY_CLIP.get(type(unwrapped).__name__, np.inf)
+        clipped = np.abs(rows.observations[:, n_pos:n_pos + nv]) >= clip - 1e-4
+        for i, (obs, action) in enumerate(zip(rows.observations, rows.actions, strict=True)):
+            qpos = np.concatenate([np.zeros(excluded), obs[:n_pos]]).astype(np.float64)
+            qvel = np.asarray(obs[n_pos:n_pos + nv], np.float64)
+            unwrapped.set_state(qpos, qvel)
+            next_obs, reward, terminated, _, _ = unwrapped.step(np.asarray(action, np.float64))
+            true_next[i], true_reward[i], true_terminal[i] = next_obs, reward, terminated
+    finally:
+        env.close()
+    if scale is None:
+        scale = true_next.std(0)
+    scale = np.where(np.asarray(scale, np.float64) > 1e-8, scale, 1.0)
+    err = rows.next_observations.astype(np.float64) - true_next
+    reward_err = rows.rewards.astype(np.float64) - true_reward
+    return {
+        "supported": True,
+        "n_samples": len(rows),
+        "n_nonfinite_skipped": int(n_nonfinite),
+        "next_obs_mse": float((err ** 2).mean()),
+        "next_obs_mae": float(np.abs(err).mean()),
+        "next_obs_normalised_mse": float(((err / scale) ** 2).mean()),
+        "next_obs_normalised_mae": float(np.abs(err / scale).mean()),
+        "reward_mse": float((reward_err ** 2).mean()),
+        "reward_mae": float(np.abs(reward_err).mean()),
+        "terminal_agreement": float(((rows.terminals > 0.5) == true_terminal).mean()),
+        "velocity_clipped_fraction": float(clipped.any(1).mean()),
+    }
+
+
+# --- (d) validity ----------------------------------------------------------------------------
+
+_CHECKED = ("observations", "actions", "rewards", "next_observations")
+
+
+def _finite_rows(t: Transitions) -> np.ndarray:
+    ok = np.ones(len(t), bool)
+    for name in (*_CHECKED, "terminals"):
+        ok &= np.isfinite(getattr(t, name).reshape(len(t), -1)).all(1)
+    return ok
+
+
+def validity(transitions: Transitions, reference: Transitions, margin: float = 0.0) -> dict:
+    """Fractions of rows that are finite and inside the reference data's per-dim range.
+
+    The range of each dim is [min − margin·(max − min), max + margin·(max − min)] over the
+    reference (margin is relative, so it means the same in every dim). A row is in range for a
+    field when all its dims are; `in_range` needs all four fields. Non-finite rows are out.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if len(transitions) == 0 or len(reference) == 0:
+        raise ValueError("validity: transitions and reference must be non-empty")
+    report = {"finite": float(_finite_rows(transitions).mean())}
+    overall = np.ones(len(transitions), bool)
+    for name in _CHECKED:
+        values = getattr(transitions, name).reshape(len(transitions), -1)
+        ref = getattr(reference, name).reshape(len(reference), -1)
+        low, high = ref.min(0), ref.max(0)
+        pad = margin * (high - low)
+        inside = ((values >= low - pad) & (values <= high + pad)).all(1)
+        report[f"in_range_{name}"] = float(inside.mean())
+        overall &= inside
+    report["in_range"] = float(overall.mean())
+    return report
+
+
+# --- (e) guided vs unguided ------------------------------------------------------------------
+
+def _batch_report(batch: Transitions, positives: Transitions, reference: Transitions,
+                  agent: Agent, env_id: str | None, action_low: np.ndarray,
+                  action_high: np.ndarray, dynamics_scale: np.ndarray, max_samples: int,
+                  seed: int) -> dict:
+    finite = batch.take(np.flatnonzero(_finite_rows(batch)))
+    report: dict = {"n": len(batch), "n_finite": len(finite)}
+    if len(finite) >= 2:
+        report["state_mmd_to_positive_buffer"] = mmd(
+            finite.observations, positives.observations, seed=seed,
+            reference=positives.observations)
+        report["policy_log_likelihood"] = policy_log_likelihood(
+            agent, finite.observations, finite.actions, action_low, action_high)
+    else:
+        report["state_mmd_to_positive_buffer"] = None
+        report["policy_log_likelihood"] = None
+    if env_id is None:
+        report["dynamics"] = {"supported": False, "reason": "no env id given"}
+    else:
+        try:
+            report["dynamics"] = dynamics_fidelity(env_id, batch, max_samples, seed,
+                                                   scale=dynamics_scale)
+        except (ValueError, gym.error.Error) as e:
+            report["dynamics"] = {"supported": False, "reason": str(e)}
+    report["validity"] = validity(batch, reference)
+    return report
+
+
+def _less(a: float | None, b: float | None) -> bool | None:
+    return None if a is None or b is None else bool(a < b)
+
+
+def compare(guided: Transitions, unguided: Transitions, positives: Transitions,
+            reference: Transitions, agent: Agent, env_id: str | None,
+            action_low: np.ndarray, action_high: np.ndarray, max_samples: int = 500,
+            seed: int = 0) -> dict:
+    """JSON-ready report on a guided and an unguided batch, with a verdict.
+
+    `positives` is the positive buffer (≈ d^π), `reference` the offline dataset (range for
+    validity, common scale for the normalised dynamics error). Both MMDs use the positive
+    buffer's z-scoring and bandwidth, so they are comparable. Verdict entries are None when a
+    metric could not be computed. dynamics_no_worse: guided normalised next-state MSE and
+    reward MSE are each at most DYNAMICS_TOLERANCE (1.1) times the unguided ones.
+    """
+    scale = reference.next_observations.astype(np.float64).std(0)
+    batches = {"guided": guided, "unguided": unguided}
+    report: dict = {name: _batch_report(batch, positives, reference, agent, env_id, action_low,
+                                        action_high, scale, max_samples, seed)
+                    for name, batch in batches.items()}
+    g, u = report["guided"], report["unguided"]
+    dynamics_no_worse = None
+    if g["dynamics"]["supported"] and u["dynamics"]["supported"]:
+        dynamics_no_worse = all(
+            g["dynamics"][key] <= DYNAMICS_TOLERANCE * u["dynamics"][key]
+            for key in ("next_obs_normalised_mse", "reward_mse"))
+    closer_to_policy = _less(u["policy_log_likelihood"], g["policy_log_likelihood"])
+    report["verdict"] = {
+        "guided_closer_to_positive_buffer": _less(g["state_mmd_to_positive_buffer"],
+                                                  u["state_mmd_to_positive_buffer"]),
+        "guided_closer_to_policy": closer_to_policy,
+        "dynamics_no_worse": dynamics_no_worse,
+    }
+    report["settings"] = {"dynamics_tolerance": DYNAMICS_TOLERANCE, "max_samples": max_samples,
+                          "seed": seed, "env_id": env_id}
+    return report

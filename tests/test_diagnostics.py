@@ -1,0 +1,288 @@
+"""Diagnostics: MMD, policy log-likelihood, dynamics fidelity on real MuJoCo data, validity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from edis_core.diagnostics import (
+    compare,
+    dynamics_fidelity,
+    mmd,
+    policy_log_likelihood,
+    scale_actions,
+    validity,
+)
+from edis_core.transitions import Transitions
+
+Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def random_policy(low: np.ndarray, high: np.ndarray) -> Policy:
+    return lambda obs, rng: rng.uniform(low, high)
+
+
+def rollout(env_id: str, n: int, policy: Policy | None = None, seed: int = 0) -> Transitions:
+    """n real transitions from stepping the env (reset on termination or truncation)."""
+    env = gym.make(env_id)
+    low, high = env.action_space.low, env.action_space.high
+    policy = policy or random_policy(low, high)
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    rows: dict[str, list] = {k: [] for k in ("o", "a", "r", "n", "d")}
+    while len(rows["o"]) < n:
+        action = np.clip(policy(obs, rng), low, high)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip("oarnd", (obs, action, reward, next_obs, terminated), strict=True):
+            rows[key].append(value)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    env.close()
+    f32 = {k: np.asarray(v, np.float32) for k, v in rows.items()}
+    return Transitions(f32["o"], f32["a"], f32["r"], f32["n"], f32["d"],
+                       np.zeros(n, np.float32), np.full(n, -np.inf, np.float32))
+
+
+def perturbed(t: Transitions, noise: float, seed: int = 0) -> Transitions:
+    rng = np.random.default_rng(seed)
+    out = t.take(slice(None))
+    out.next_observations = (t.next_observations + noise * t.next_observations.std(0)
+                             * rng.standard_normal(t.next_observations.shape)).astype(np.float32)
+    out.rewards = (t.rewards + noise * t.rewards.std() * rng.standard_normal(len(t))).astype(
+        np.float32)
+    return out
+
+
+# --- MMD -------------------------------------------------------------------------------------
+
+SCALES = np.array([1.0, 10.0, 100.0, 0.1, 1.0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mmd_near_zero_for_same_distribution_and_larger_for_shift(seed):
+    rng = np.random.default_rng(seed)
+    x, y = (rng.standard_normal((400, 5)) * SCALES for _ in range(2))
+    shifted = y + SCALES * np.array([1.0, 0, 0, 0, 0])  # one std in one of five dims
+    same = mmd(x, y)
+    assert abs(same) < 3e-3
+    assert mmd(x, shifted) > 0.02 > 5 * abs(same)
+
+
+def test_mmd_symmetric_and_deterministic():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((300, 4)), rng.standard_normal((200, 4)) + 0.3
+    assert mmd(x, y) == pytest.approx(mmd(y, x), rel=1e-9, abs=1e-12)
+    assert mmd(x, y, bandwidth=1.5, standardize=False) == pytest.approx(
+        mmd(y, x, bandwidth=1.5, standardize=False), rel=1e-9, abs=1e-12)
+    big = rng.standard_normal((1000, 4))
+    assert mmd(big, y, max_points=100, seed=3) == mmd(big, y, max_points=100, seed=3)
+    assert mmd(big, y, max_points=100, seed=3) != mmd(big, y, max_points=100, seed=4)
+
+
+def test_mmd_z_scoring_weighs_dims_alike():
+    rng = np.random.default_rng(1)
+    x, y = (rng.standard_normal((400, 5)) * SCALES for _ in range(2))
+    shift_small_dim = mmd(x, y + SCALES * np.array([0, 0, 0, 1.0, 0]))  # dim of scale 0.1
+    shift_large_dim = mmd(x, y + SCALES * np.array([0, 0, 1.0, 0, 0]))  # dim of scale 100
+    assert shift_small_dim > 0.02 and shift_large_dim > 0.02
+    assert 0.5 < shift_small_dim / shift_large_dim < 2.0
+    # Without z-scoring, a shift of 0.1 units drowns under the dim of scale 100.
+    raw = mmd(x, y + SCALES * np.array([0, 0, 0, 1.0, 0]), standardize=False)
+    assert raw < 0.1 * shift_small_dim
+
+
+def test_mmd_with_fixed_reference_ranks_by_distance():
+    rng = np.random.default_rng(2)
+    target = rng.standard_normal((400, 3))
+    near, far = rng.standard_normal((400, 3)) + 0.3, rng.standard_normal((400, 3)) + 1.0
+    assert mmd(near, target, reference=target) < mmd(far, target, reference=target)
+
+
+def test_mmd_rejects_bad_input():
+    with pytest.raises(ValueError, match="features"):
+        mmd(np.zeros((5, 2)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="bandwidth"):
+        mmd(np.zeros((5, 2)), np.ones((5, 2)), bandwidth=0.0)
+
+
+# --- policy log-likelihood -------------------------------------------------------------------
+
+class StubPolicy:
+    """π(a|s) = N(0.5·tanh(s[:act_dim]), 0.2²) per dim in the agent's [-1, 1] space."""
+
+    def __init__(self, act_dim: int) -> None:
+        self.device = torch.device("cpu")
+        self.act_dim = act_dim
+        self.seen: list[torch.Tensor] = []
+
+    def mean(self, obs: np.ndarray) -> np.ndarray:
+        return 0.5 * np.tanh(obs[..., :self.act_dim])
+
+    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        self.seen.append(actions)
+        mean = 0.5 * torch.tanh(observations[:, :self.act_dim])
+        return torch.distributions.Normal(mean, 0.2).log_prob(actions).sum(-1)
+
+
+def test_scale_actions_maps_box_to_unit_interval():
+    low, high = np.array([-2.0, 0.0]), np.array([2.0, 4.0])
+    scaled = scale_actions(np.array([[0.0, 2.0], [-2.0, 4.0], [5.0, -1.0]]), low, high)
+    np.testing.assert_allclose(scaled[0], [0.0, 0.0])
+    assert np.all(np.abs(scaled[1:]) < 1.0)
+    np.testing.assert_allclose(np.abs(scaled[1:]), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="action_high"):
+        scale_actions(scaled, high, low)
+
+
+def test_policy_log_likelihood_prefers_actions_near_policy_mean():
+    rng = np.random.default_rng(0)
+    low, high = np.array([-2.0, 0.0]), np.array([2.0, 4.0])
+    obs = rng.standard_normal((300, 4)).astype(np.float32)
+    agent = StubPolicy(act_dim=2)
+    mean = agent.mean(obs)
+    to_env = lambda a: low + (a + 1.0) / 2.0 * (high - low)  # noqa: E731
+    near = to_env(mean + 0.05 * rng.standard_normal(mean.shape))
+    far = to_env(np.clip(-mean + 0.6 * np.sign(-mean), -0.99, 0.99))
+    ll_near = policy_log_likelihood(agent, obs, near, low, high)
+    ll_far = policy_log_likelihood(agent, obs, far, low, high)
+    assert ll_near > ll_far + 5.0
+    # Exact value at the mean: Σ_d log N(0; 0, 0.2²) per row.
+    ll_mean = policy_log_likelihood(agent, obs, to_env(mean), low, high, batch_size=7)
+    assert ll_mean == pytest.approx(2 * (-np.log(0.2) - 0.5 * np.log(2 * np.pi)), abs=1e-4)
+    assert len(agent.seen) > 1 and all(a.abs().max() < 1 for a in agent.seen)
+
+
+# --- dynamics fidelity -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "HalfCheetah-v5", "Ant-v5", "Swimmer-v5"])
+def test_dynamics_fidelity_near_zero_on_real_transitions(env_id):
+    real = rollout(env_id, 400, seed=1)
+    report = dynamics_fidelity(env_id, real, max_samples=400)
+    assert report["supported"] and report["n_samples"] == 400
+    assert report["next_obs_normalised_mse"] < 1e-8
+    assert report["next_obs_mae"] < 1e-4
+    # Ant's forward reward lags qpos by one MuJoCo substep (see the docstring).
+    assert report["reward_mae"] < (1e-2 if env_id == "Ant-v5" else 1e-5)
+    assert report["terminal_agreement"] == 1.0
+
+    noisy = dynamics_fidelity(env_id, perturbed(real, 0.1), max_samples=400)
+    assert noisy["next_obs_normalised_mse"] > 1e-3 > 1e5 * report["next_obs_normalised_mse"]
+    assert noisy["reward_mae"] > 5 * report["reward_mae"]
+
+
+def test_dynamics_fidelity_walker_exact_where_velocity_not_clipped():
+    real = rollout("Walker2d-v5", 1500, seed=0)
+    unclipped = np.flatnonzero(np.abs(real.observations[:, 8:]).max(1) < 10 - 1e-4)
+    assert len(unclipped) > 100
+    report = dynamics_fidelity("Walker2d-v5", real.take(unclipped), max_samples=300)
+    assert report["velocity_clipped_fraction"] == 0.0
+    assert report["next_obs_normalised_mse"] < 1e-8 and report["reward_mae"] < 1e-5
+    clipped = dynamics_fidelity("Walker2d-v5", real, max_samples=300)
+    assert clipped["velocity_clipped_fraction"] > 0.0
+
+
+def test_dynamics_fidelity_wrong_action_breaks_it_and_nan_rows_are_skipped():
+    real = rollout("Hopper-v5", 200, seed=2)
+    swapped = real.take(slice(None))
+    swapped.actions = -real.actions
+    assert dynamics_fidelity("Hopper-v5", swapped)["next_obs_normalised_mse"] > 1e-3
+    with_nan = real.take(slice(None))
+    with_nan.observations[:10] = np.nan
+    report = dynamics_fidelity("Hopper-v5", with_nan)
+    assert report["n_nonfinite_skipped"] == 10 and report["n_samples"] == 190
+    assert report["next_obs_normalised_mse"] < 1e-8
+
+
+def test_dynamics_fidelity_rejects_unsupported_envs():
+    with pytest.raises(ValueError, match="not a MuJoCo env"):
+        dynamics_fidelity("CartPole-v1", Transitions.empty(4, 1, 3))
+    with pytest.raises(ValueError, match="not supported"):
+        dynamics_fidelity("InvertedDoublePendulum-v5", Transitions.empty(9, 1, 3))
+    with pytest.raises(ValueError, match="dims"):
+        dynamics_fidelity("Hopper-v5", Transitions.empty(5, 3, 3))
+
+
+# --- validity --------------------------------------------------------------------------------
+
+def small(obs: list, act: list, rew: list, nxt: list) -> Transitions:
+    n = len(obs)
+    return Transitions(np.array(obs, np.float32), np.array(act, np.float32),
+                       np.array(rew, np.float32), np.array(nxt, np.float32),
+                       np.zeros(n, np.float32), np.zeros(n, np.float32),
+                       np.full(n, -np.inf, np.float32))
+
+
+def test_validity_counts_nonfinite_and_out_of_range_rows():
+    reference = small([[0, 0], [1, 10]], [[-1], [1]], [0, 1], [[0, 0], [1, 10]])
+    rows = small(
+        obs=[[0.5, 5], [np.nan, 5], [1.5, 5], [0.5, 5], [0.5, 5]],
+        act=[[0.0], [0.0], [0.0], [1.05], [0.0]],
+        rew=[0.5, 0.5, 0.5, 0.5, np.inf],
+        nxt=[[0.5, 5], [0.5, 5], [0.5, 5], [0.5, 5], [0.5, 5]],
+    )
+    report = validity(rows, reference)
+    assert report["finite"] == pytest.approx(3 / 5)
+    assert report["in_range_observations"] == pytest.approx(3 / 5)
+    assert report["in_range_actions"] == pytest.approx(4 / 5)
+    assert report["in_range_rewards"] == pytest.approx(4 / 5)
+    assert report["in_range_next_observations"] == 1.0
+    assert report["in_range"] == pytest.approx(1 / 5)
+    # A 10% margin of the action range (2) admits 1.05 but not 1.5 (obs range 1, margin 0.1).
+    loose = validity(rows, reference, margin=0.1)
+    assert loose["in_range_actions"] == 1.0 and loose["in_range_observations"] == pytest.approx(
+        3 / 5)
+    with pytest.raises(ValueError, match="margin"):
+        validity(rows, reference, margin=-1.0)
+
+
+# --- compare ---------------------------------------------------------------------------------
+
+def plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain(v) for k, v in value.items())
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def test_compare_report_and_verdict():
+    env = gym.make("Hopper-v5")
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    agent = StubPolicy(act_dim=3)
+    # Deterministic "current policy" acting at the stub's mean (action space is [-1, 1]).
+    on_policy: Policy = lambda obs, rng: agent.mean(obs) + 0.05 * rng.standard_normal(3)  # noqa: E731
+    positives = rollout("Hopper-v5", 300, on_policy, seed=0)
+    good = rollout("Hopper-v5", 300, on_policy, seed=1)
+    bad = perturbed(rollout("Hopper-v5", 300, seed=2), 0.2)
+    reference = Transitions.concatenate([positives, bad])
+
+    report = compare(good, bad, positives, reference, agent, "Hopper-v5", low, high,
+                     max_samples=200)
+    assert set(report) == {"guided", "unguided", "verdict", "settings"}
+    for side in ("guided", "unguided"):
+        assert {"state_mmd_to_positive_buffer", "policy_log_likelihood", "dynamics",
+                "validity"} <= set(report[side])
+        assert report[side]["dynamics"]["supported"] is True
+    assert plain(report)
+    json.dumps(report, allow_nan=False)
+    verdict = report["verdict"]
+    assert set(verdict) == {"guided_closer_to_positive_buffer", "guided_closer_to_policy",
+                            "dynamics_no_worse"}
+    assert verdict["guided_closer_to_positive_buffer"] is True
+    assert verdict["guided_closer_to_policy"] is True
+    assert verdict["dynamics_no_worse"] is True
+
+    swapped = compare(bad, good, positives, reference, agent, "Hopper-v5", low, high,
+                      max_samples=200)["verdict"]
+    assert swapped["guided_closer_to_positive_buffer"] is False
+    assert swapped["guided_closer_to_policy"] is False
+    assert swapped["dynamics_no_worse"] is False
+
+    unsupported = compare(good, bad, positives, reference, agent, "CartPole-v1", low, high)
+    assert unsupported["guided"]["dynamics"]["supported"] is False
+    assert "dims" in unsupported["guided"]["dynamics"]["reason"]
+    assert unsupported["verdict"]["dynamics_no_worse"] is None
+    json.dumps(unsupported, allow_nan=False)

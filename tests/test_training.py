@@ -1,0 +1,123 @@
+"""The offline-to-online loop end to end on a tiny Hopper dataset."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+
+from edis_core.config import build
+from edis_core.training.checkpoint import CheckpointError
+from edis_core.training.config import TrainConfig
+from edis_core.training.trainer import Trainer
+
+TINY = ["offline_steps=40", "online_steps=300", "offline_eval_every=40",
+        "online_eval_every=150", "eval_episodes=1", "log_every=50", "checkpoint_every=100",
+        "batch_size=64", "positive_capacity=200"]
+TINY_SYNTHETIC = ["schedule.prior_steps=60", "schedule.refresh_every=100",
+                  "schedule.samples_per_refresh=256", "schedule.buffer_size=512",
+                  "schedule.energy_steps=10", "schedule.min_positive=50",
+                  "schedule.real_sample=500"]
+
+
+def tiny_config(dataset: str, agent: str = "iql", synthetic: str = "none",
+                extra: list[str] | None = None) -> TrainConfig:
+    overrides = TINY + (TINY_SYNTHETIC if synthetic != "none" else []) + (extra or [])
+    return build(TrainConfig, "smoke", {"agent": agent, "dataset": dataset,
+                                        "synthetic": synthetic}, overrides)
+
+
+@pytest.mark.parametrize("agent", ["iql", "calql"])
+def test_offline_to_online_run_leaves_metrics_summary_and_plot(hopper_dataset, tmp_path, agent):
+    trainer = Trainer.create(tiny_config(hopper_dataset, agent), tmp_path / "run")
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert summary["steps"] == {"prior": 0, "offline": 40, "online": 300}
+    run_dir = tmp_path / "run"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert {r["phase"] for r in evals} == {"offline", "online"}
+    assert all(np.isfinite(r["return_mean"]) for r in evals)
+    assert any(r["kind"] == "episode" for r in records)
+    assert json.loads((run_dir / "summary.json").read_text())["online_final"]["step"] == 300
+    assert (run_dir / "learning_curve.png").stat().st_size > 1_000
+    # online episodes end in the positive buffer and get their return-to-go in replay
+    assert len(trainer.positive) > 0
+    assert np.isfinite(trainer.replay.contents().mc_returns).any()
+
+
+def test_edis_run_refreshes_guided_synthetic_data(hopper_dataset, tmp_path):
+    trainer = Trainer.create(tiny_config(hopper_dataset, "iql", "edis"), tmp_path / "run")
+    summary = trainer.run()
+    assert summary["steps"]["prior"] == 60
+    records = [json.loads(line) for line in
+               (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    refreshes = [r for r in records if r["kind"] == "synthetic"]
+    assert refreshes, "the synthetic buffer was never refreshed"
+    assert all(r["generated"] > 0 for r in refreshes)
+    assert any(k.startswith("energy/") for k in refreshes[0])
+    assert len(trainer.synthetic_buffer) > 0
+
+
+def test_same_seed_gives_the_same_run(hopper_dataset, tmp_path):
+    contents = []
+    for name in ("a", "b"):
+        trainer = Trainer.create(tiny_config(hopper_dataset, "iql"), tmp_path / name)
+        trainer.run()
+        contents.append(trainer.replay.contents())
+    np.testing.assert_array_equal(contents[0].observations, contents[1].observations)
+    np.testing.assert_array_equal(contents[0].actions, contents[1].actions)
+
+
+def test_sigterm_checkpoints_and_resume_continues_at_the_same_step(hopper_dataset, tmp_path,
+                                                                    monkeypatch):
+    run_dir = tmp_path / "run"
+    trainer = Trainer.create(tiny_config(hopper_dataset, "calql"), run_dir)
+    real_update = trainer.agent.update
+    calls = {"n": 0}
+
+    def update_then_signal(batch):
+        calls["n"] += 1
+        if calls["n"] == 40 + 170:  # 170 online steps into the run
+            signal.raise_signal(signal.SIGTERM)
+        return real_update(batch)
+
+    monkeypatch.setattr(trainer.agent, "update", update_then_signal)
+    summary = trainer.run()
+    assert summary["status"] == "interrupted"
+    assert trainer.steps["online"] == 170
+    replay_before = trainer.replay.contents()
+    positive_before = trainer.positive.contents()
+
+    resumed = Trainer.load(run_dir)
+    assert resumed.steps == trainer.steps
+    assert resumed.phase == "online"
+    np.testing.assert_array_equal(resumed.replay.contents().observations,
+                                  replay_before.observations)
+    np.testing.assert_array_equal(resumed.positive.contents().rewards, positive_before.rewards)
+    assert resumed.rng.bit_generator.state == trainer.rng.bit_generator.state
+    summary = resumed.run()
+    assert summary["status"] == "completed"
+    assert resumed.steps["online"] == 300
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train" and r["phase"] == "online"]
+    assert train_steps == [50, 100, 150, 200, 250, 300]
+
+
+def test_create_refuses_an_existing_run_and_resume_needs_one(hopper_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer.create(tiny_config(hopper_dataset, "iql", extra=["online_steps=0"]), run_dir).run()
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer.create(tiny_config(hopper_dataset, "iql"), run_dir)
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        Trainer.load(tmp_path / "empty")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(hopper_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer.create(tiny_config(hopper_dataset, "iql", extra=["online_steps=0"]), run_dir).run()
+    (run_dir / "checkpoint" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer.load(run_dir)
