@@ -16,9 +16,9 @@ from edis_core.training.trainer import Trainer
 TINY = ["offline_steps=40", "online_steps=300", "offline_eval_every=40",
         "online_eval_every=150", "eval_episodes=1", "log_every=50", "checkpoint_every=100",
         "batch_size=64", "positive_capacity=200"]
-TINY_SYNTHETIC = ["schedule.prior_steps=60", "schedule.refresh_every=100",
+TINY_SYNTHETIC = ["edis.diffusion.train_steps=60", "schedule.refresh_every=100",
                   "schedule.samples_per_refresh=256", "schedule.buffer_size=512",
-                  "schedule.energy_steps=10", "schedule.min_positive=50",
+                  "edis.energy_steps=10", "schedule.min_positive=50",
                   "schedule.real_sample=500"]
 
 

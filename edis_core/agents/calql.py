@@ -1,20 +1,24 @@
 """Cal-QL (Nakamoto et al., NeurIPS 2023): CQL on SAC with a calibrated conservative term.
 
-Critic loss, per critic Q_i (CQL, Kumar et al. 2020, eq. 4, the CQL(H) variant):
+Critic loss, per critic Q_i (CQL(H), Kumar et al. 2020):
 
     α_cql · ( τ log Σ_k exp(Q̃_i(s, a_k) / τ) − Q_i(s, a) )  +  ( Q_i(s, a) − y )²
     y = r + γ (1 − d) min_j Q̄_j(s', a'),   a' ~ π(·|s')
 
 The a_k are K uniform actions, K actions from π(·|s) and K from π(·|s'), all scored at s and
-importance-weighted by their proposal density (CQL appendix F). Cal-QL's only change: on the
+importance-weighted by their proposal density (CQL, appendix F). Cal-QL's only change: on the
 policy actions Q̃ = max(Q, V^μ(s)), with V^μ(s) the Monte-Carlo return-to-go of the data, so
-Q-values already below the behaviour policy's value are not pushed down further (Cal-QL §5).
+Q-values already below the behaviour policy's value are not pushed down further.
 Rows with an unknown return carry -inf, for which the max is the identity.
 
 Actor and temperature are SAC's (Haarnoja et al. 2018):
 
     L_π = E[ α log π(a|s) − min_j Q_j(s, a) ],  a ~ π(·|s)
     L_α = −E[ log α · (log π(a|s) + H̄) ]
+
+All losses are summed and differentiated once: targets, α in L_π and log π in L_α are
+detached, and L_π sees the critics through frozen weights, so each parameter receives exactly
+the gradient of its own loss, computed from the same pre-update networks.
 """
 
 from __future__ import annotations
@@ -184,7 +188,7 @@ class CalQLAgent:
                                  lower_bound, self.act_dim, cfg.cql_temperature,
                                  cfg.cql_importance_sample)
         if cfg.cql_lagrange:
-            # Dual ascent on α' ≥ 0: it grows while the gap exceeds its target (CQL eq. 30).
+            # Dual ascent on α' ≥ 0: it grows while the gap exceeds its target (CQL-Lagrange).
             alpha_prime = self.log_cql_alpha_prime.exp().clamp(max=1e6)
             excess = gap - cfg.cql_target_action_gap
             cql_loss = alpha_prime.detach() * self.cql_alpha * excess

@@ -1,8 +1,8 @@
-"""Networks shared by the base agents (MLPs, a batched Q ensemble, a value net, two actors),
-and the two update helpers they share (one fused Adam, Polyak averaging).
+"""Networks shared by the base agents, and the two update helpers they share.
 
-Every network maps a batch of rows to a batch of rows and never loops in Python over rows or
-ensemble members: the twin critics are one set of stacked weights evaluated with batched matmuls.
+The critics are a `StackedMLP`: E ReLU MLPs whose weights are stacked so that all members run
+in the same batched matmuls (never a loop over members), with a hand-written backward that
+recycles its activation buffers. Value nets and actors are plain MLPs.
 """
 
 from __future__ import annotations
@@ -27,54 +27,158 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
     """Linear-ReLU layers of the given widths, then a linear output layer."""
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        # In place: a Linear's backward does not need its output, ReLU's needs only its own.
+        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
 
 
-class EnsembleLinear(nn.Module):
-    """`members` independent linear layers stored stacked: (E, N, in) -> (E, N, out) in one bmm."""
+class Workspace:
+    """Reusable activation buffers, so that large activations are not fresh memory every update.
 
-    def __init__(self, members: int, in_dim: int, out_dim: int) -> None:
+    On CPU a fresh multi-megabyte tensor is a new mapping whose pages all fault in again; the
+    critic's Cal-QL forward (31 actions × batch rows × 256 units × 2 critics) otherwise spends
+    a large share of its time there. Buffers go back to the pool as soon as they are consumed;
+    the pool keeps only the most recently used shapes.
+    """
+
+    max_shapes = 8
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+
+    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        stack = self._free.get((shape, like.dtype, like.device))
+        return stack.pop() if stack else like.new_empty(shape)
+
+    def give(self, *tensors: torch.Tensor) -> None:
+        for t in tensors:
+            key = (tuple(t.shape), t.dtype, t.device)
+            self._free[key] = [*self._free.pop(key, []), t]      # most recent shape last
+            if len(self._free) > self.max_shapes:
+                del self._free[next(iter(self._free))]
+
+
+class _StackedMLPFunction(torch.autograd.Function):
+    """Forward and backward of E stacked ReLU MLPs, (E, N, in) -> (E, N, out), by hand.
+
+    The same arithmetic as autograd through baddbmm and ReLU, but in workspace buffers: the
+    ReLU mask is applied in place to the incoming gradient and every activation buffer is
+    recycled once its last use is done.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, workspace: Workspace, x: torch.Tensor,
+                *params: torch.Tensor) -> torch.Tensor:
+        weights, biases = params[0::2], params[1::2]
+        activations, h = [], x
+        for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
+            h = torch.baddbmm(bias, h, weight,
+                              out=workspace.take((x.shape[0], x.shape[1], weight.shape[2]), x))
+            activations.append(h.relu_())
+        ctx.workspace, ctx.released = workspace, False
+        ctx.save_for_backward(x, *activations, *weights)
+        return torch.baddbmm(biases[-1], h, weights[-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.released:
+            raise RuntimeError("StackedMLP buffers were recycled by an earlier backward: "
+                               "retain_graph=True is not supported")
+        ctx.released = True
+        x, *rest = ctx.saved_tensors
+        n_layers = len(rest) // 2 + 1
+        activations, weights = rest[:n_layers - 1], rest[n_layers - 1:]
+        inputs = [x, *activations]
+        needs = ctx.needs_input_grad[2:]
+        grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
+        grad = grad.contiguous()
+        recycle: torch.Tensor | None = None
+        for i in reversed(range(n_layers)):
+            if needs[2 * i]:
+                grads[2 * i] = torch.bmm(inputs[i].transpose(1, 2), grad)
+            if needs[2 * i + 1]:
+                grads[2 * i + 1] = grad.sum(1, keepdim=True)
+            if i == 0:
+                break
+            below = torch.bmm(grad, weights[i].transpose(1, 2),
+                              out=ctx.workspace.take(tuple(inputs[i].shape), grad))
+            # dReLU in place: the activation is zero exactly where the unit was off.
+            torch.ops.aten.threshold_backward.grad_input(below, inputs[i], 0.0,
+                                                         grad_input=below)
+            ctx.workspace.give(inputs[i])
+            if recycle is not None:
+                ctx.workspace.give(recycle)
+            grad = recycle = below
+        grad_x = torch.bmm(grad, weights[0].transpose(1, 2)) if ctx.needs_input_grad[1] else None
+        if recycle is not None:
+            ctx.workspace.give(recycle)
+        return (None, grad_x, *grads)
+
+
+class StackedMLP(nn.Module):
+    """E independent ReLU MLPs with stacked weights: (*lead, in) -> (E, *lead, out).
+
+    All members read the same input rows. Each layer is initialised like nn.Linear, member by
+    member: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, members: int) -> None:
         super().__init__()
-        # Same init as nn.Linear, member by member: U(-1/sqrt(in), 1/sqrt(in)).
-        bound = 1.0 / math.sqrt(in_dim)
-        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+        self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise([in_dim, *hidden, out_dim]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(torch.empty(members, fan_in, fan_out).uniform_(-bound, bound))
+            self.biases.append(torch.empty(members, 1, fan_out).uniform_(-bound, bound))
+        self.workspace = Workspace()
 
     def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
+        """`frozen=True` lets gradients reach `x` but not the weights."""
+        lead = x.shape[:-1]
+        x = x.reshape(1, -1, self.in_dim).expand(self.members, -1, -1)
+        params = [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
         if frozen:
-            weight, bias = weight.detach(), bias.detach()
-        return torch.baddbmm(bias, x, weight)
+            params = [p.detach() for p in params]
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            out = _StackedMLPFunction.apply(self.workspace, x, *params)
+        else:
+            out = self._evaluate(x, params)
+        return out.view(self.members, *lead, self.out_dim)
+
+    def _evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """Forward without a graph, ping-ponging between workspace buffers."""
+        h = x
+        for weight, bias in zip(params[0:-2:2], params[1:-2:2], strict=True):
+            out = self.workspace.take((x.shape[0], x.shape[1], weight.shape[2]), x)
+            torch.baddbmm(bias, h, weight, out=out).relu_()
+            if h is not x:
+                self.workspace.give(h)
+            h = out
+        result = torch.baddbmm(params[-1], h, params[-2])
+        if h is not x:
+            self.workspace.give(h)
+        return result
 
 
 class QEnsemble(nn.Module):
-    """E critics Q_1..Q_E(s, a) evaluated together; returns (E, *leading dims of the actions)."""
+    """E critics Q_1..Q_E(s, a), evaluated together: returns (E, *leading dims of the actions)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int = 2) -> None:
         super().__init__()
-        self.members, self.in_dim = members, obs_dim + act_dim
-        widths = [obs_dim + act_dim, *hidden, 1]
-        self.layers = nn.ModuleList(EnsembleLinear(members, i, o)
-                                    for i, o in itertools.pairwise(widths))
+        self.net = StackedMLP(obs_dim + act_dim, hidden, 1, members)
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor,
                 frozen: bool = False) -> torch.Tensor:
         """Q-values of every (s, a) row; `observations` broadcasts against `actions`.
 
-        `frozen=True` lets gradients reach the inputs but not the critic's weights (the
+        `frozen=True` lets gradients reach the inputs but not the critics' weights (the
         actor's loss differentiates Q(s, π(s)) with respect to the action only).
         """
-        lead = actions.shape[:-1]
-        observations = observations.expand(*lead, observations.shape[-1])
-        x = torch.cat([observations, actions], dim=-1).reshape(1, -1, self.in_dim)
-        h = x.expand(self.members, -1, -1)
-        for layer in self.layers[:-1]:
-            # In place: baddbmm's backward does not need its output, ReLU's needs only its own.
-            h = layer(h, frozen).relu_()
-        return self.layers[-1](h, frozen).view(self.members, *lead)
+        observations = observations.expand(*actions.shape[:-1], observations.shape[-1])
+        return self.net(torch.cat([observations, actions], dim=-1), frozen).squeeze(-1)
 
 
 class ValueNet(nn.Module):

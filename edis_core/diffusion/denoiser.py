@@ -65,7 +65,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """F_θ(c_in·x, c_noise): the raw network inside the preconditioned denoiser."""
+    """F_θ(c_in·x, c_noise, m): the raw network inside the preconditioned denoiser; m is the
+    optional mask of dims given clean (conditional sampling)."""
 
     def __init__(self, dim: int, width: int, blocks: int, embed_dim: int = 64):
         super().__init__()
@@ -73,6 +74,7 @@ class ResidualMLP(nn.Module):
         self.embed = NoiseEmbedding(embed_dim)
         self.embed_mlp = nn.Sequential(nn.Linear(embed_dim, width), nn.SiLU())
         self.input = nn.Linear(dim, width)
+        self.condition = nn.Linear(dim, width, bias=False)  # reads the mask m; m = 0 adds 0
         # One projection gives the input bias and every block's shift from the embedding.
         self.shifts = nn.Linear(width, width * (blocks + 1))
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(blocks))
@@ -81,18 +83,28 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor | float) -> torch.Tensor:
-        """x_in: (B, dim); c_noise: a float or (B,); one row of embedding is broadcast."""
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor | float,
+                known: torch.Tensor | None = None) -> torch.Tensor:
+        """x_in: (B, dim); c_noise: a float or (B,); known: None, (dim,) or (B, dim) bool.
+        One-row embeddings and masks are broadcast over the batch."""
         emb = self.embed_mlp(self.embed(c_noise))
         shifts = self.shifts(emb).chunk(self.blocks_count + 1, 1)
-        h = torch.addmm(shifts[0] + self.input.bias, x_in, self.input.weight.t())
+        bias = shifts[0] + self.input.bias
+        if known is not None:
+            bias = bias + self.condition(known.to(x_in.dtype).reshape(-1, x_in.shape[1]))
+        h = torch.addmm(bias, x_in, self.input.weight.t())
         for block, shift in zip(self.blocks, shifts[1:], strict=True):
             h = block(h, shift)
         return self.output(F.silu(self.out_norm(h), inplace=not h.requires_grad))
 
 
 class EDMDenoiser(nn.Module):
-    """D_θ(x; σ) = c_skip(σ)·x + c_out(σ)·F_θ(c_in(σ)·x, c_noise(σ))  (EDM eq. 7)."""
+    """D_θ(x; σ) = c_skip(σ)·x + c_out(σ)·F_θ(c_in(σ)·x, c_noise(σ))  (EDM eq. 7).
+
+    With a mask `known`, the known dims of x are clean values that condition the rest: they
+    enter F unscaled, flagged by the mask, and come out unchanged. Trained on a share of rows
+    with such masks, one network is both the joint prior and its conditionals p(·|s, a).
+    """
 
     def __init__(self, dim: int, width: int, blocks: int, sigma_data: float,
                  embed_dim: int = 64):
@@ -100,15 +112,19 @@ class EDMDenoiser(nn.Module):
         self.sigma_data = sigma_data
         self.net = ResidualMLP(dim, width, blocks, embed_dim)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """σ: a float (one level for the batch) or a (B,) tensor."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                known: torch.Tensor | None = None) -> torch.Tensor:
+        """σ: a float (one level for the batch) or a (B,) tensor; known: None or a bool
+        mask, (D,) or (B, D)."""
         if isinstance(sigma, torch.Tensor):
             sigma = sigma.reshape(-1, 1)
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data)
         if isinstance(c_noise, torch.Tensor):
             c_noise = c_noise.reshape(-1)
-        raw = self.net(x * c_in, c_noise)
-        return c_skip * x + c_out * raw
+        if known is None:
+            return c_skip * x + c_out * self.net(x * c_in, c_noise)
+        raw = self.net(torch.where(known, x, x * c_in), c_noise, known)
+        return torch.where(known, x, c_skip * x + c_out * raw)
 
     def sampling_copy(self, dtype: torch.dtype) -> EDMDenoiser:
         """A frozen copy whose residual-block matmuls run in `dtype` (e.g. bfloat16, which

@@ -69,15 +69,18 @@ class Churn:
 
 @dataclass(frozen=True)
 class Inpaint:
-    """Known dims (mask True) fixed to `values` (B, D); other columns of `values` are ignored.
+    """Known dims (mask (D,) True) fixed to `values` (B, D); other columns are ignored.
 
-    Replacement method: before every denoiser evaluation at level σ the known dims are set
-    to values + σ·ε (ε drawn once per sample, so they follow their own forward-noising path),
-    and to exactly `values` at the end.
+    renoise=True is the replacement method for an unconditional denoiser: before every
+    denoiser evaluation at level σ the known dims are set to values + σ·ε (ε drawn once per
+    sample, so they follow their own forward-noising path). renoise=False holds them at the
+    clean values throughout, for a denoiser conditioned on them. Either way they are exactly
+    `values` at the end.
     """
 
     values: torch.Tensor
     mask: torch.Tensor
+    renoise: bool = True
 
 
 @dataclass
@@ -106,10 +109,15 @@ def heun_sample(denoise: Denoise, shape: tuple[int, int], sigmas: torch.Tensor, 
     if inpaint is not None:
         mask = inpaint.mask.to(device=device, dtype=torch.bool).expand(shape)
         values = inpaint.values.to(device=device, dtype=x.dtype)
-        known_noise = torch.randn(shape, device=device, generator=generator)
+        if inpaint.renoise:
+            known_noise = torch.randn(shape, device=device, generator=generator)
 
-        def known(z: torch.Tensor, sigma: float) -> torch.Tensor:
-            return torch.where(mask, values + sigma * known_noise, z)
+            def known(z: torch.Tensor, sigma: float) -> torch.Tensor:
+                return torch.where(mask, values + sigma * known_noise, z)
+        else:
+
+            def known(z: torch.Tensor, sigma: float) -> torch.Tensor:
+                return torch.where(mask, values, z)
 
     trajectory = (torch.empty((steps, *shape), device=device, dtype=x.dtype)
                   if return_trajectory else None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +49,10 @@ class DiffusionConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     ema_decay: float = 0.999
+    # Share of training rows whose condition dims (given to the prior, e.g. (s, a)) are given
+    # clean, so that inpainting samples the learned conditional; the replacement method's
+    # conditionals are far off when dims are strongly coupled (s' on (s, a)).
+    p_conditional: float = 0.25
     train_steps: int = 20_000
     train_bf16: bool = False  # bfloat16 autocast for the training forward/backward
     sample_bf16: bool = False  # bfloat16 residual-block matmuls when sampling
@@ -69,6 +75,9 @@ class DiffusionConfig:
                 raise ValueError(f"DiffusionConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.s_churn < 0 or self.weight_decay < 0:
             raise ValueError("DiffusionConfig.s_churn and weight_decay must be >= 0")
+        if not 0 <= self.p_conditional < 1:
+            raise ValueError(f"DiffusionConfig.p_conditional must be in [0, 1), got "
+                             f"{self.p_conditional}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"DiffusionConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -89,11 +98,17 @@ class DiffusionConfig:
 
 
 class DiffusionPrior:
-    """p_θ over normalised x; trained offline, optionally continued online (EDIS.md §2)."""
+    """p_θ over normalised x; trained offline, optionally continued online (EDIS.md §2).
+
+    `condition_masks` ((D,) bool each) are the sets of dims that inpainting will be given;
+    a share p_conditional of training rows is conditioned on one of them.
+    """
 
     def __init__(self, dim: int, config: DiffusionConfig, *, raw_dims: Sequence[int] = (),
+                 condition_masks: Sequence[torch.Tensor] = (),
                  device: torch.device | str = "cpu", seed: int = 0):
         self.dim, self.config, self.device = dim, config, torch.device(device)
+        self.condition_masks = [m.to(self.device, torch.bool) for m in condition_masks]
         self.normalizer = Normalizer(dim, raw_dims, device=self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -115,20 +130,38 @@ class DiffusionPrior:
         self.normalizer.fit(x)
 
     def train_step(self, x: torch.Tensor) -> float:
-        """One EDM step on a batch of normalised x: E_σ,ε[λ(σ) ‖D_θ(x + σε; σ) − x‖²]."""
+        """One EDM step on a batch of normalised x: E_σ,ε[λ(σ) ‖D_θ(x + σε; σ) − x‖²], the
+        norm taken over the dims not given as condition."""
         cfg = self.config
         sigma = training_sigmas(len(x), cfg.p_mean, cfg.p_std, device=self.device,
                                 generator=self.generator)
         noise = torch.randn(x.shape, device=self.device, generator=self.generator)
+        noisy, known = x + sigma[:, None] * noise, self._training_masks(len(x))
+        if known is not None:
+            noisy = torch.where(known, x, noisy)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.train_bf16):
-            denoised = self.denoiser(x + sigma[:, None] * noise, sigma)
-        per_row = (denoised.float() - x).square().mean(1)
+            denoised = self.denoiser(noisy, sigma, known)
+        error = (denoised.float() - x).square()
+        if known is None:
+            per_row = error.mean(1)
+        else:
+            unknown = (~known).float()
+            per_row = (error * unknown).sum(1) / unknown.sum(1)
         loss = (loss_weight(sigma, cfg.sigma_data) * per_row).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.ema.update()
         return loss.item()
+
+    def _training_masks(self, n: int) -> torch.Tensor | None:
+        """(n, D) bool: a share p_conditional of rows get one of the condition masks."""
+        if not self.condition_masks or self.config.p_conditional == 0:
+            return None
+        masks = torch.stack(self.condition_masks)
+        which = torch.randint(len(masks), (n,), device=self.device, generator=self.generator)
+        conditioned = torch.rand(n, device=self.device, generator=self.generator)
+        return masks[which] & (conditioned < self.config.p_conditional)[:, None]
 
     def sigmas(self, steps: int | None = None) -> torch.Tensor:
         cfg = self.config
@@ -146,8 +179,17 @@ class DiffusionPrior:
     def sample(self, n: int, *, guidance: Guidance | None = None, inpaint: Inpaint | None = None,
                return_trajectory: bool = False, steps: int | None = None,
                generator: torch.Generator | None = None) -> SamplerOutput:
-        """n normalised samples (and the reverse trajectory) from the EMA denoiser."""
-        return heun_sample(self.sampler_net(), (n, self.dim), self.sigmas(steps),
+        """n normalised samples (and the reverse trajectory) from the EMA denoiser.
+
+        Inpainting on one of the condition masks samples the learned conditional (known dims
+        held clean); any other mask falls back to the replacement method.
+        """
+        denoise = self.sampler_net()
+        if inpaint is not None and self.config.p_conditional > 0 and any(
+                torch.equal(inpaint.mask.to(self.device), m) for m in self.condition_masks):
+            denoise = functools.partial(denoise, known=inpaint.mask.to(self.device))
+            inpaint = dataclasses.replace(inpaint, renoise=False)
+        return heun_sample(denoise, (n, self.dim), self.sigmas(steps),
                            churn=self.config.churn, guidance=guidance, inpaint=inpaint,
                            return_trajectory=return_trajectory,
                            generator=generator or self.generator, device=self.device)

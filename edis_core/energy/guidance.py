@@ -27,18 +27,20 @@ class EnergyGuidance:
     against energy gradients that are large where the energy has seen no data.
     """
 
-    def __init__(self, terms: Sequence[EnergyTerm], max_norm: float | None = None):
+    def __init__(self, terms: Sequence[EnergyTerm], max_norm: float | None = None,
+                 sigma_max: float = float("inf")):
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
         self.terms = [t for t in terms if t.weight]
         self.max_norm = max_norm
+        self.sigma_max = sigma_max
 
     @property
     def active(self) -> bool:
         return bool(self.terms)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        if not self.terms:
+        if not self.terms or sigma > self.sigma_max:
             return torch.zeros_like(x)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)

@@ -14,8 +14,14 @@ class EnergyNet(nn.Module):
     """E_φ(x_σ, σ) -> one scalar per row, for x_σ a noised (part of a) normalised transition.
 
     Conditioned on c_noise = ln(σ)/4 like the denoiser, so it does not depend on the number
-    of sampling steps (§8.3), and fed c_in(σ)·x_σ so that its input stays unit-scale at every
-    noise level: the σ-dependence of the scale is in the preconditioning, not in the weights.
+    of sampling steps (§8.3). Preconditioned like EDM's denoiser:
+
+        E_φ(x, σ) = σ_d·c_in(σ) · F_φ(c_in(σ)·x, c_noise(σ)),   c_in = 1/√(σ² + σ_d²)
+
+    F sees unit-scale inputs at every level, and the guidance shift σ²∇_x E = σ_d σ²/(σ²+σ_d²)
+    ∇F stays O(|∇F|) even at σ = 80, where the true noised log-ratio is O(1/σ): without the
+    factor the untrained-for residue of F there would be amplified by σ² (×6400). The output
+    layer starts at zero, so an energy guides nothing until it has learned something.
     """
 
     def __init__(self, in_dim: int, width: int = 128, depth: int = 2, embed_dim: int = 32,
@@ -30,9 +36,16 @@ class EnergyNet(nn.Module):
         self.input = nn.Linear(in_dim, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
         self.output = nn.Linear(width, 1)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """x: (B, in_dim); σ: a float (one level for the batch) or a (B,) tensor."""
+        """E per row. x: (B, in_dim); σ: a float (one level for the batch) or a (B,) tensor."""
+        return self.energy_and_raw(x, sigma)[0]
+
+    def energy_and_raw(self, x: torch.Tensor,
+                       sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, F) per row: the energy and the raw network output it scales."""
         if isinstance(sigma, torch.Tensor):
             sigma = sigma.reshape(-1, 1)
         _, _, c_in, c_noise = preconditioning(sigma, self.sigma_data)
@@ -41,4 +54,8 @@ class EnergyNet(nn.Module):
         h = F.silu(self.input(x * c_in) + self.embed_proj(self.embed(c_noise)))
         for layer in self.hidden:
             h = F.silu(layer(h))
-        return self.output(h).squeeze(-1)
+        raw = self.output(h).squeeze(-1)
+        scale = self.sigma_data * c_in
+        if isinstance(scale, torch.Tensor):
+            scale = scale.reshape(-1)
+        return scale * raw, raw

@@ -14,20 +14,19 @@ SyntheticMode = Literal["none", "unguided", "edis"]
 
 @dataclass
 class SyntheticSchedule:
-    """When and how much synthetic data the online phase gets (EDIS.md §7)."""
+    """When and how much synthetic data the online phase gets (EDIS.md §7).
+
+    How long the prior and the energies train is model configuration:
+    `edis.diffusion.train_steps` and `edis.energy_steps`."""
 
     ratio: float = 0.5
     """ρ: fraction of every online agent batch drawn from generated transitions."""
-    prior_steps: int = 20_000
-    """Diffusion-prior training steps in the offline phase."""
     refresh_every: int = 2_000
     """Online env steps between refreshes (energies retrained, new samples generated)."""
     samples_per_refresh: int = 10_000
     """New transitions generated per refresh; they replace the oldest in the buffer."""
     buffer_size: int = 20_000
     """Capacity of the synthetic buffer."""
-    energy_steps: int = 500
-    """Energy (InfoNCE) gradient steps per refresh."""
     min_positive: int = 1_000
     """Guided refreshes wait until the positive buffer holds this many transitions."""
     real_sample: int = 20_000
@@ -35,15 +34,14 @@ class SyntheticSchedule:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"synthetic.ratio must be in [0, 1), got {self.ratio}")
+            raise ValueError(f"schedule.ratio must be in [0, 1), got {self.ratio}")
         for name in ("refresh_every", "samples_per_refresh", "buffer_size", "real_sample"):
             if getattr(self, name) < 1:
-                raise ValueError(f"synthetic.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("prior_steps", "energy_steps", "min_positive"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"synthetic.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"schedule.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_positive < 0:
+            raise ValueError(f"schedule.min_positive must be >= 0, got {self.min_positive}")
         if self.samples_per_refresh > self.buffer_size:
-            raise ValueError("synthetic.samples_per_refresh must not exceed synthetic.buffer_size "
+            raise ValueError("schedule.samples_per_refresh must not exceed schedule.buffer_size "
                              f"({self.samples_per_refresh} > {self.buffer_size})")
 
 

@@ -41,7 +41,7 @@ class SyntheticSupply:
         if self.guided:
             real = _most_recent(replay, self.schedule.real_sample)
             energy_stats = self.generator.train_energies(
-                positives.contents(), real, policy, self.schedule.energy_steps)
+                positives.contents(), real, policy, self.generator.config.energy_steps)
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
         samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
         self.buffer.add(samples)

@@ -159,7 +159,7 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def _run_prior(self) -> None:
         assert self.supply is not None
-        total = self.config.schedule.prior_steps
+        total = self.config.edis.diffusion.train_steps
         chunk = max(1, min(self.config.log_every, 1_000))
         with self._progress("diffusion prior", "prior", total) as bar:
             while self.steps["prior"] < total and not self._stopping:
@@ -248,7 +248,7 @@ class Trainer:
         self._maybe_checkpoint(phase, 1)
 
     def _phase_total(self, phase: str) -> int:
-        return {"prior": self.config.schedule.prior_steps, "offline": self.config.offline_steps,
+        return {"prior": self.config.edis.diffusion.train_steps, "offline": self.config.offline_steps,
                 "online": self.config.online_steps}[phase]
 
     def _evaluate(self, phase: str) -> None:

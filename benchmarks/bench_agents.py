@@ -1,0 +1,120 @@
+"""Gradient updates per second of IQL and Cal-QL, side by side with CORL (TARGETS.md).
+
+Random batch-256 tensors with Hopper dimensions (obs 11, act 3), default networks, CPU, at 1
+and 2 torch threads: the setting in which the CORL figures were measured on these machines.
+
+    python benchmarks/bench_agents.py [--quick] [--threads 1,2] [--agents iql,calql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from edis_core.agents import AGENT_CONFIGS, make_agent
+from edis_core.transitions import Batch
+
+OBS_DIM, ACT_DIM = 11, 3
+# CORL updates/s measured on this kind of machine (TARGETS.md), keyed by (agent, threads).
+REFERENCE = {("iql", 1): 100.0, ("iql", 2): 152.0, ("calql", 1): 9.3, ("calql", 2): 15.4}
+TARGET = {("iql", 2): 230.0, ("calql", 2): 46.0}
+
+
+def random_batches(count: int, batch_size: int, device: torch.device) -> list[Batch]:
+    def batch() -> Batch:
+        return Batch(observations=torch.randn(batch_size, OBS_DIM, device=device),
+                     actions=torch.rand(batch_size, ACT_DIM, device=device) * 2 - 1,
+                     rewards=torch.randn(batch_size, device=device),
+                     next_observations=torch.randn(batch_size, OBS_DIM, device=device),
+                     terminals=(torch.rand(batch_size, device=device) < 0.01).float(),
+                     mc_returns=torch.randn(batch_size, device=device) * 10)
+    return [batch() for _ in range(count)]
+
+
+def updates_per_second(name: str, threads: int, batch_size: int, warmup: int, seconds: float,
+                       repeats: int, device: torch.device) -> list[float]:
+    """Rates of `repeats` timed windows of about `seconds` each, after `warmup` updates."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    agent = make_agent(name, AGENT_CONFIGS[name](), OBS_DIM, ACT_DIM, device)
+    batches = random_batches(8, batch_size, device)
+    for i in range(warmup):
+        agent.update(batches[i % len(batches)])
+    rates = []
+    for _ in range(repeats):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            agent.update(batches[done % len(batches)])   # returns floats: synchronised
+            done += 1
+        rates.append(done / (time.perf_counter() - start))
+    return rates
+
+
+def tune_malloc() -> None:
+    """Keep freed blocks in glibc's heap instead of returning them to the OS.
+
+    Without this, every large activation is a fresh mmap and its pages fault in again on each
+    update. Process-wide; an entry point's choice (like LD_PRELOAD=jemalloc), so off by default.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)    # glibc's maximum
+    libc.mallopt(m_trim_threshold, 2**30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short windows, for a smoke run")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--agents", default="iql,calql")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="keep freed memory in the heap (see tune_malloc)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_agents.json"))
+    args = parser.parse_args()
+    if args.tune_malloc:
+        tune_malloc()
+    warmup, seconds, repeats = (5, 1.0, 1) if args.quick else (30, 4.0, 3)
+    device = torch.device(args.device)
+
+    rows = []
+    header = (f"{'agent':<6} {'threads':>7} {'updates/s':>10} {'CORL':>7} {'target':>7} "
+              f"{'ratio vs CORL':>13}  meets target")
+    print(header)
+    print("-" * len(header))
+    for name in args.agents.split(","):
+        for threads in (int(t) for t in args.threads.split(",")):
+            rates = updates_per_second(name, threads, args.batch_size, warmup, seconds, repeats,
+                                       device)
+            rate = statistics.median(rates)
+            reference, target = REFERENCE.get((name, threads)), TARGET.get((name, threads))
+            ratio = rate / reference if reference else None
+            meets = None if target is None else rate >= target
+            rows.append({"agent": name, "threads": threads, "updates_per_s": rate,
+                         "windows": rates, "corl_updates_per_s": reference, "target": target,
+                         "ratio_vs_corl": ratio, "meets_target": meets})
+            print(f"{name:<6} {threads:>7} {rate:>10.1f} {reference or float('nan'):>7.1f} "
+                  f"{target or float('nan'):>7.1f} {ratio or float('nan'):>13.2f}  "
+                  f"{'-' if meets is None else ('yes' if meets else 'NO')}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "agent updates/s, random batches, Hopper dims",
+        "batch_size": args.batch_size, "obs_dim": OBS_DIM, "act_dim": ACT_DIM,
+        "device": str(device), "quick": args.quick, "tune_malloc": args.tune_malloc,
+        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

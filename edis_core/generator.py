@@ -1,0 +1,341 @@
+"""The synthetic-transition generator that the training loop calls: prior + energies + sampling.
+
+Offline: `train_prior` fits p_θ on the dataset. Online, each refresh: `train_energies` learns
+E_s, E_π, E_T by InfoNCE against the prior's own reverse trajectories (EDIS.md §5), then
+`generate` draws transitions from p_θ · exp(−E) by energy-guided sampling (§6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from edis_core.diffusion.edm import Inpaint
+from edis_core.diffusion.layout import TransitionLayout
+from edis_core.diffusion.prior import DiffusionConfig, DiffusionPrior
+from edis_core.energy.guidance import EnergyGuidance, EnergyTerm
+from edis_core.energy.infonce import contrastive_loss
+from edis_core.energy.networks import EnergyNet
+from edis_core.transitions import Transitions
+
+ENERGIES = ("state", "policy", "transition")
+MODES = ("unguided", "edis")
+Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EDISConfig:
+    """EDIS hyper-parameters. A guidance scale of None switches that energy off entirely (not
+    trained, not used); 0 trains it but does not apply it. w = 1 is the exact product
+    p_θ·exp(−E) of Theorem 3.1; the defaults sit inside the reference's ranges
+    (w_s ∈ [0.01, 2], w_π, w_T ∈ [0.01, 0.2])."""
+
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    w_state: float | None = 1.0
+    w_policy: float | None = 0.2
+    w_transition: float | None = 0.2
+    guidance_sigma_max: float = 5.0
+    # Per-sample bound on ‖σ·Σ w∇E‖, the guidance's share of the ODE velocity dx/dσ, in
+    # units of √D (the unguided velocity's typical norm); None: no clipping.
+    guidance_clip: float | None = 1.0
+    energy_width: int = 128
+    energy_depth: int = 2
+    energy_embed_dim: int = 32
+    energy_lr: float = 1e-3
+    energy_raw_penalty: float = 1e-2  # weight of mean(F²), see energy.infonce.contrastive_loss
+    energy_groups: int = 128  # InfoNCE groups per gradient step
+    negatives: int = 15  # K negatives per positive
+    energy_steps: int = 500  # suggested gradient steps per refresh (the caller passes steps)
+    negative_trajectories: int = 2048  # reverse trajectories per sampling pass and refresh
+    generate_batch: int = 1000  # rows per sampler call in generate()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.diffusion, dict):
+            self.diffusion = DiffusionConfig(**self.diffusion)
+        for name in ("energy_width", "energy_depth", "energy_groups", "negatives",
+                     "energy_steps", "negative_trajectories", "generate_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EDISConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.energy_embed_dim < 2 or self.energy_embed_dim % 2:
+            raise ValueError(f"EDISConfig.energy_embed_dim must be even and >= 2, got "
+                             f"{self.energy_embed_dim}")
+        if self.energy_lr <= 0:
+            raise ValueError(f"EDISConfig.energy_lr must be > 0, got {self.energy_lr}")
+        if self.energy_raw_penalty < 0:
+            raise ValueError(f"EDISConfig.energy_raw_penalty must be >= 0, got "
+                             f"{self.energy_raw_penalty}")
+        for name in ("w_state", "w_policy", "w_transition"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"EDISConfig.{name} must be >= 0 or None, got {value}")
+        if self.guidance_clip is not None and self.guidance_clip <= 0:
+            raise ValueError(f"EDISConfig.guidance_clip must be > 0 or None, got "
+                             f"{self.guidance_clip}")
+
+    @property
+    def weights(self) -> dict[str, float | None]:
+        return dict(zip(ENERGIES, (self.w_state, self.w_policy, self.w_transition), strict=True))
+
+
+@dataclass
+class ContrastivePool:
+    """One energy's training data: negatives[i] holds the M reverse-trajectory states x_σi
+    at sampler level i, (N, M, D); `clean` positives (R, D) are forward-noised to σ_i."""
+
+    negatives: torch.Tensor
+    clean: torch.Tensor
+
+
+class SyntheticGenerator:
+    """Generates transitions from the prior, unguided or EDIS-guided, in raw units."""
+
+    def __init__(self, layout: TransitionLayout, config: EDISConfig | None = None,
+                 mode: str = "edis", device: torch.device | str = "cpu", seed: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.layout, self.config, self.mode = layout, config or EDISConfig(), mode
+        self.device = torch.device(device)
+        cfg = self.config
+        self.prior = DiffusionPrior(
+            layout.dim, cfg.diffusion, raw_dims=(layout.done.start,),
+            condition_masks=[layout.mask("state_action")], device=self.device, seed=seed)
+        # The dims each energy reads (§5 table): s; (s, a); (s, a, r, s', done).
+        self.energy_dims = {"state": layout.state, "policy": layout.state_action,
+                            "transition": slice(0, layout.dim)}
+        self.energies: dict[str, EnergyNet] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            for name, weight in cfg.weights.items():
+                if weight is not None:
+                    dims = self.energy_dims[name]
+                    self.energies[name] = EnergyNet(
+                        dims.stop - dims.start, cfg.energy_width, cfg.energy_depth, cfg.energy_embed_dim,
+                        cfg.diffusion.sigma_data).to(self.device)
+        self.energy_optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.energy_lr)
+                                  for name, net in self.energies.items()}
+        self.rng = torch.Generator(self.device).manual_seed(seed + 2)
+        self.energies_trained = False
+        self.dropped_rows = 0  # generated rows with NaN/inf, never returned
+        self.denoiser_evaluations = 0  # spent on energy negatives, all refreshes together
+
+    # ----- offline phase -------------------------------------------------------------------
+    def train_prior(self, data: Transitions, steps: int,
+                    progress: Callable[[int, float], None] | None = None) -> float:
+        """`steps` EDM steps on `data`; returns the mean loss of the last 100 steps.
+
+        The first call fits the normaliser; later calls (warm-started online training on
+        offline + online data) keep it, since the network was trained in its coordinates.
+        """
+        raw = self.layout.to_array(data)
+        if not self.prior.normalizer.fitted:
+            self.prior.fit_normalizer(raw)
+        x = self._normalize(raw)
+        losses = []
+        for step in range(steps):
+            rows = torch.randint(len(x), (self.config.diffusion.batch_size,), device=self.device,
+                                 generator=self.rng)
+            loss = self.prior.train_step(x[rows])
+            losses.append(loss)
+            if progress is not None:
+                progress(step, loss)
+        return float(np.mean(losses[-100:])) if losses else math.nan
+
+    # ----- online phase: energies ----------------------------------------------------------
+    def train_energies(self, positives: Transitions, real: Transitions, policy: Policy,
+                       steps: int) -> dict[str, float]:
+        """`steps` InfoNCE steps for every enabled energy (EDIS.md §5); returns the mean loss
+        and accuracy of the last 50 steps per energy and this refresh's denoiser evaluations.
+
+        positives: the positive buffer (recent trajectories, ≈ d^π); real: replay data (true
+        dynamics); policy: raw observations (B, obs_dim) -> raw actions a ~ π(·|s).
+        """
+        self._require_prior()
+        pools, passes = self._contrastive_pools(positives, real, policy)
+        evaluations = (passes * self.config.negative_trajectories
+                       * self.config.diffusion.evaluations_per_sample)
+        self.denoiser_evaluations += evaluations
+        sigmas = self.prior.sigmas()[:-1].to(self.device, torch.float32)
+        sigmas = sigmas[sigmas <= self.config.guidance_sigma_max]
+        history: dict[str, list[tuple[float, float]]] = {name: [] for name in self.energies}
+        for _ in range(steps):
+            for name, net in self.energies.items():
+                loss, accuracy = self._infonce_step(net, pools[name], self.energy_dims[name],
+                                                    sigmas)
+                optimizer = self.energy_optimizers[name]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                history[name].append((loss.item(), accuracy.item()))
+        self.energies_trained = True
+        metrics: dict[str, float] = {"denoiser_evaluations": float(evaluations)}
+        for name, values in history.items():
+            tail = np.array(values[-50:]) if values else np.full((1, 2), np.nan)
+            metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = tail.mean(0).tolist()
+        return metrics
+
+    def refresh_evaluations(self) -> int:
+        """Denoiser sample-evaluations that one train_energies call spends on negatives."""
+        passes = int("state" in self.energies or "policy" in self.energies)
+        passes += int("transition" in self.energies)
+        return (passes * self.config.negative_trajectories
+                * self.config.diffusion.evaluations_per_sample)
+
+    def _contrastive_pools(self, positives: Transitions, real: Transitions,
+                           policy: Policy) -> tuple[dict[str, ContrastivePool], int]:
+        """Positives and negatives of each energy at every sampler level σ_i (§5 table), and
+        the number of sampling passes (of `negative_trajectories` samples each) they cost.
+
+        Negatives are the states x_σi of the prior's reverse trajectories, each used at its
+        own level: one unconditional pass serves E_s and E_π, one pass inpainting
+        (r, s', done) given real (s, a) serves E_T. Positives are clean rows forward-noised
+        to the σ_i of their group; those of E_π take s from the same prior samples (so both
+        sides share the s marginal) and a ~ π(·|s); those of E_T share the real (s, a).
+        """
+        layout, m, energies = self.layout, self.config.negative_trajectories, self.energies
+        pools, passes = {}, 0
+        if "state" in energies or "policy" in energies:
+            out = self.prior.sample(m, return_trajectory=True)
+            passes += 1
+            if "state" in energies:
+                clean = self._normalize(layout.to_array(positives))
+                pools["state"] = ContrastivePool(out.trajectory, clean)
+            if "policy" in energies:
+                clean = out.x.clone()
+                clean[:, layout.action] = self._policy_actions(policy, out.x[:, layout.state])
+                pools["policy"] = ContrastivePool(out.trajectory, clean)
+        if "transition" in energies:
+            clean = self._normalize(layout.to_array(real))
+            known = Inpaint(clean[self._draw(len(clean), m)],
+                            layout.mask("state_action", device=self.device))
+            trajectory = self.prior.sample(m, inpaint=known, return_trajectory=True).trajectory
+            passes += 1
+            pools["transition"] = ContrastivePool(self._noise_known(trajectory, known), clean)
+        return pools, passes
+
+    def _noise_known(self, trajectory: torch.Tensor, known: Inpaint) -> torch.Tensor:
+        """A conditional sampler holds the given dims clean; noise them to each level σ_i
+        (fresh ε) so that negatives and forward-noised positives differ only in (r, s', done)."""
+        sigmas = self.prior.sigmas()[:-1].to(self.device, torch.float32)
+        noise = torch.randn(trajectory.shape, device=self.device, generator=self.rng)
+        noised = trajectory + sigmas[:, None, None] * noise
+        return torch.where(known.mask, noised, trajectory)
+
+    def _infonce_step(self, net: EnergyNet, pool: ContrastivePool, dims: slice,
+                      sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of G groups, each one positive and K negatives at one sampler level σ_i."""
+        groups, k = self.config.energy_groups, self.config.negatives
+        level = self._draw(len(sigmas), groups)
+        sigma = sigmas[level]
+        clean = pool.clean[self._draw(len(pool.clean), groups)]
+        noise = torch.randn(clean.shape, device=self.device, generator=self.rng)
+        positive = clean + sigma[:, None] * noise  # forward-noised to its group's σ_i
+        columns = self._draw(pool.negatives.shape[1], groups * k).view(groups, k)
+        negative = pool.negatives[level[:, None] + len(pool.negatives) - len(sigmas), columns]
+        return contrastive_loss(net, positive[:, dims], negative[..., dims], sigma,
+                                self.config.energy_raw_penalty)
+
+    def guidance(self) -> EnergyGuidance | None:
+        """The guidance hook for the current weights; None when every scale is 0 or None,
+        so that sampling is then exactly the unguided sampler."""
+        terms = [EnergyTerm(net, self.energy_dims[name], self.config.weights[name])
+                 for name, net in self.energies.items()]
+        clip = self.config.guidance_clip
+        guidance = EnergyGuidance(terms, None if clip is None else clip * self.layout.dim**0.5,
+                                  self.config.guidance_sigma_max)
+        return guidance if guidance.active else None
+
+    # ----- sampling ------------------------------------------------------------------------
+    def generate(self, n: int, guided: bool | None = None) -> Transitions:
+        """Up to n transitions in raw units (rows with NaN/inf are dropped and counted in
+        `dropped_rows`); guided defaults to mode == "edis"."""
+        self._require_prior()
+        guided = self.mode == "edis" if guided is None else guided
+        guidance = None
+        if guided:
+            if not self.energies_trained:
+                raise RuntimeError("guided generation needs train_energies() first")
+            guidance = self.guidance()
+        parts = []
+        for start in range(0, n, self.config.generate_batch):
+            out = self.prior.sample(min(self.config.generate_batch, n - start),
+                                    guidance=guidance)
+            raw = self.prior.normalizer.unnormalize(out.x)
+            finite = torch.isfinite(raw).all(dim=1)
+            self.dropped_rows += int((~finite).sum())
+            parts.append(raw[finite].cpu().numpy())
+        array = np.concatenate(parts) if parts else np.zeros((0, self.layout.dim), np.float32)
+        return self.layout.to_transitions(array)
+
+    # ----- state ---------------------------------------------------------------------------
+    def energy_state_dict(self) -> dict[str, Any]:
+        return {"nets": {name: net.state_dict() for name, net in self.energies.items()},
+                "optimizers": {name: opt.state_dict()
+                               for name, opt in self.energy_optimizers.items()},
+                "trained": self.energies_trained}
+
+    def load_energy_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["nets"]) != set(self.energies):
+            raise ValueError(f"energies in state {sorted(state['nets'])} differ from this "
+                             f"generator's {sorted(self.energies)}")
+        for name, net in self.energies.items():
+            net.load_state_dict(state["nets"][name])
+            self.energy_optimizers[name].load_state_dict(state["optimizers"][name])
+        self.energies_trained = bool(state["trained"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only (torch.load(weights_only=True) reads it)."""
+        return {
+            "config": asdict(self.config),
+            "obs_dim": self.layout.obs_dim,
+            "act_dim": self.layout.act_dim,
+            "mode": self.mode,
+            "prior": self.prior.state_dict(),
+            "energies": self.energy_state_dict(),
+            "rng": self.rng.get_state(),
+            "dropped_rows": self.dropped_rows,
+            "denoiser_evaluations": self.denoiser_evaluations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["obs_dim"], state["act_dim"]) != (self.layout.obs_dim, self.layout.act_dim):
+            raise ValueError(f"state is for obs/act dims {state['obs_dim']}/{state['act_dim']}, "
+                             f"this generator has {self.layout.obs_dim}/{self.layout.act_dim}")
+        self.prior.load_state_dict(state["prior"])
+        self.load_energy_state_dict(state["energies"])
+        self.rng.set_state(state["rng"])
+        self.dropped_rows = int(state["dropped_rows"])
+        self.denoiser_evaluations = int(state["denoiser_evaluations"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu",
+                        mode: str | None = None) -> SyntheticGenerator:
+        """Rebuilds a generator (config, layout, weights) from `state_dict()` output."""
+        generator = cls(TransitionLayout(state["obs_dim"], state["act_dim"]),
+                        EDISConfig(**state["config"]), mode or state["mode"], device)
+        generator.load_state_dict(state)
+        return generator
+
+    # ----- helpers -------------------------------------------------------------------------
+    def _normalize(self, raw: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
+        return self.prior.normalizer.normalize(x)
+
+    def _draw(self, high: int, n: int) -> torch.Tensor:
+        return torch.randint(high, (n,), device=self.device, generator=self.rng)
+
+    @torch.no_grad()
+    def _policy_actions(self, policy: Policy, states: torch.Tensor) -> torch.Tensor:
+        """a ~ π(·|s) for normalised states, returned normalised."""
+        norm, layout = self.prior.normalizer, self.layout
+        raw_states = states * norm.std[layout.state] + norm.mean[layout.state]
+        actions = policy(raw_states).to(self.device, torch.float32)
+        return (actions - norm.mean[layout.action]) / norm.std[layout.action]
+
+    def _require_prior(self) -> None:
+        if not self.prior.normalizer.fitted:
+            raise RuntimeError("the prior is untrained: call train_prior() first")
