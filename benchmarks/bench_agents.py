@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import platform
 import statistics
 import time
@@ -57,6 +58,10 @@ def updates_per_second(name: str, threads: int, batch_size: int, warmup: int, se
     return rates
 
 
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def tune_malloc() -> None:
     """Keep freed blocks in glibc's heap instead of returning them to the OS.
 
@@ -85,6 +90,10 @@ def main() -> None:
         tune_malloc()
     warmup, seconds, repeats = (5, 1.0, 1) if args.quick else (30, 4.0, 3)
     device = torch.device(args.device)
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"warning: load average {load_before:.2f}: other processes share the cores, "
+              "so these rates are low and noisy")
 
     rows = []
     header = (f"{'agent':<6} {'threads':>7} {'updates/s':>10} {'CORL':>7} {'target':>7} "
@@ -102,8 +111,8 @@ def main() -> None:
             rows.append({"agent": name, "threads": threads, "updates_per_s": rate,
                          "windows": rates, "corl_updates_per_s": reference, "target": target,
                          "ratio_vs_corl": ratio, "meets_target": meets})
-            print(f"{name:<6} {threads:>7} {rate:>10.1f} {reference or float('nan'):>7.1f} "
-                  f"{target or float('nan'):>7.1f} {ratio or float('nan'):>13.2f}  "
+            print(f"{name:<6} {threads:>7} {rate:>10.1f} {_cell(reference, '.1f'):>7} "
+                  f"{_cell(target, '.0f'):>7} {_cell(ratio, '.2f'):>13}  "
                   f"{'-' if meets is None else ('yes' if meets else 'NO')}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +120,7 @@ def main() -> None:
         "benchmark": "agent updates/s, random batches, Hopper dims",
         "batch_size": args.batch_size, "obs_dim": OBS_DIM, "act_dim": ACT_DIM,
         "device": str(device), "quick": args.quick, "tune_malloc": args.tune_malloc,
+        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -100,7 +100,8 @@ def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
             "energy_refresh_s": refresh_s,
         }
         row["refresh_denoiser_evaluations"] = gen.refresh_evaluations()
-    row["refresh_vs_reference"] = row["refresh_denoiser_evaluations"] / REFERENCE_REFRESH_EVALUATIONS
+    row["refresh_vs_reference"] = (row["refresh_denoiser_evaluations"]
+                                   / REFERENCE_REFRESH_EVALUATIONS)
     row["targets"] = TARGETS[name]
     return row
 

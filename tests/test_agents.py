@@ -218,6 +218,21 @@ def test_calql_agent_uses_returns_above_q():
     assert low["cql_gap"] < 20.0
 
 
+def test_calql_updates_agree_on_both_critic_paths():
+    torch.manual_seed(0)
+    plain, recycled = make("calql"), make("calql")
+    recycled.load_state_dict(plain.state_dict())
+    recycled.critic.net.recycle_min_elements = 0          # the workspace path, as at full size
+    for i in range(3):
+        torch.manual_seed(i)
+        logs = plain.update(random_batch(seed=i))
+        torch.manual_seed(i)
+        logs_recycled = recycled.update(random_batch(seed=i))
+        np.testing.assert_allclose(list(logs.values()), list(logs_recycled.values()), rtol=1e-4)
+    for mine, theirs in zip(plain.critic.parameters(), recycled.critic.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
 def test_calql_start_online_switches_hyper_parameters():
     agent = make("calql", cql_alpha=5.0, cql_alpha_online=1.0, calibrate_online=False)
     assert agent.update(random_batch())["cql_weight"] == 5.0 and agent.calibrate
@@ -303,13 +318,11 @@ def test_act_sample_and_log_prob_shapes_and_bounds(name):
 def test_log_prob_is_a_normalised_density(name):
     torch.manual_seed(0)
     agent = make_agent(name, AGENT_CONFIGS[name](), 3, 1, "cpu")   # 1-D actions: integrate
-    if name == "calql":
-        grid, lo, hi = torch.linspace(-1 + 1e-4, 1 - 1e-4, 40_001), -1.0, 1.0
-    else:
-        grid, lo, hi = torch.linspace(-8.0, 8.0, 40_001), -8.0, 8.0
+    edge = 1.0 - 1e-4 if name == "calql" else 8.0     # tanh-squashed: support is (-1, 1)
+    grid = torch.linspace(-edge, edge, 40_001)
     obs = torch.randn(1, 3).expand(len(grid), 3)
     density = agent.log_prob(obs, grid.unsqueeze(1)).exp()
-    assert abs(torch.trapezoid(density, dx=(hi - lo) / (len(grid) - 1)).item() - 1.0) < 0.01
+    assert abs(torch.trapezoid(density, grid).item() - 1.0) < 0.01
 
 
 def test_tanh_gaussian_sample_log_prob_matches_log_prob():
@@ -339,19 +352,30 @@ def reference_q(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: to
     return torch.stack(members)
 
 
-def test_q_ensemble_matches_member_by_member_mlps():
+def critic_with(recycle: bool, *args, **kwargs) -> QEnsemble:
+    """A critic forced onto the workspace path (recycle) or the plain autograd path."""
+    critic = QEnsemble(*args, **kwargs)
+    critic.net.recycle_min_elements = 0 if recycle else 2**62
+    return critic
+
+
+@pytest.mark.parametrize("recycle", [True, False])
+def test_q_ensemble_matches_member_by_member_mlps(recycle):
     torch.manual_seed(0)
-    critic = QEnsemble(OBS_DIM, ACT_DIM, SMALL, members=3)
+    critic = critic_with(recycle, OBS_DIM, ACT_DIM, SMALL, members=3)
     obs, actions = torch.randn(4, 1, OBS_DIM), torch.randn(4, 6, ACT_DIM)
-    q = critic(obs, actions)
-    assert q.shape == (3, 4, 6)
     reference = reference_q(list(critic.net.weights), list(critic.net.biases), obs, actions)
-    torch.testing.assert_close(q, reference)
+    for _ in range(2):                               # the second pass reuses buffers
+        with torch.no_grad():
+            q = critic(obs, actions)
+        assert q.shape == (3, 4, 6)
+        torch.testing.assert_close(q, reference)
 
 
-def test_q_ensemble_gradients_match_autograd_across_reused_buffers():
+@pytest.mark.parametrize("recycle", [True, False])
+def test_q_ensemble_gradients_match_autograd_across_reused_buffers(recycle):
     torch.manual_seed(0)
-    critic = QEnsemble(OBS_DIM, ACT_DIM, (16, 8, 12), members=2)
+    critic = critic_with(recycle, OBS_DIM, ACT_DIM, (16, 8, 12), members=2)
     for _ in range(3):                               # later passes run in recycled buffers
         obs = torch.randn(5, 1, OBS_DIM)
         actions = torch.randn(5, 7, ACT_DIM, requires_grad=True)
@@ -369,7 +393,7 @@ def test_q_ensemble_gradients_match_autograd_across_reused_buffers():
 
 
 def test_q_ensemble_refuses_a_second_backward_through_recycled_buffers():
-    critic = QEnsemble(OBS_DIM, ACT_DIM, SMALL)
+    critic = critic_with(True, OBS_DIM, ACT_DIM, SMALL)
     q = critic(torch.randn(4, OBS_DIM), torch.randn(4, ACT_DIM)).sum()
     q.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph"):
@@ -388,8 +412,9 @@ def test_workspace_recycles_buffers_and_keeps_few_shapes():
     assert len(workspace._free) == Workspace.max_shapes
 
 
-def test_frozen_q_passes_gradient_to_actions_only():
-    critic = QEnsemble(OBS_DIM, ACT_DIM, SMALL)
+@pytest.mark.parametrize("recycle", [True, False])
+def test_frozen_q_passes_gradient_to_actions_only(recycle):
+    critic = critic_with(recycle, OBS_DIM, ACT_DIM, SMALL)
     actions = torch.randn(8, ACT_DIM, requires_grad=True)
     critic(torch.randn(8, OBS_DIM), actions, frozen=True).sum().backward()
     assert actions.grad is not None and actions.grad.abs().sum() > 0

@@ -122,12 +122,16 @@ class StackedMLP(nn.Module):
     """E independent ReLU MLPs with stacked weights: (*lead, in) -> (E, *lead, out).
 
     All members read the same input rows. Each layer is initialised like nn.Linear, member by
-    member: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    member: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. Activations of at least
+    `recycle_min_elements` go through the hand-written backward and its buffer workspace.
     """
+
+    recycle_min_elements = 1 << 20
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, members: int) -> None:
         super().__init__()
         self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.width = max(hidden, default=out_dim)
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for fan_in, fan_out in itertools.pairwise([in_dim, *hidden, out_dim]):
             bound = 1.0 / math.sqrt(fan_in)
@@ -142,11 +146,23 @@ class StackedMLP(nn.Module):
         params = [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
         if frozen:
             params = [p.detach() for p in params]
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        if x.shape[1] * self.members * self.width < self.recycle_min_elements:
+            out = self._chain(x, params)
+        elif torch.is_grad_enabled() and (x.requires_grad
+                                          or any(p.requires_grad for p in params)):
             out = _StackedMLPFunction.apply(self.workspace, x, *params)
         else:
             out = self._evaluate(x, params)
         return out.view(self.members, *lead, self.out_dim)
+
+    @staticmethod
+    def _chain(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """Plain autograd ops: cheaper bookkeeping than the workspace for small activations."""
+        h = x
+        for i in range(0, len(params) - 2, 2):
+            # In place: baddbmm's backward does not need its output, ReLU's needs only its own.
+            h = torch.baddbmm(params[i + 1], h, params[i]).relu_()
+        return torch.baddbmm(params[-1], h, params[-2])
 
     def _evaluate(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """Forward without a graph, ping-ponging between workspace buffers."""

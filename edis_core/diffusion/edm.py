@@ -18,15 +18,15 @@ Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 Guidance = Callable[[torch.Tensor, float], torch.Tensor]
 
 
-def preconditioning(sigma: torch.Tensor | float, sigma_data: float):
-    """c_skip, c_out, c_in, c_noise of EDM Table 1 (c_noise = ln(σ)/4)."""
+def preconditioning(sigma: torch.Tensor | float, sigma_data: float) -> tuple:
+    """c_skip, c_out, c_in, c_noise of EDM Table 1 (c_noise = ln(σ)/4); floats for a float σ
+    (one level for the whole batch: no tensor ops), tensors for a tensor σ."""
+    sd2 = sigma_data**2
     if isinstance(sigma, torch.Tensor):
-        s2 = sigma.square()
-        root = (s2 + sigma_data**2).sqrt()
-        return sigma_data**2 / (s2 + sigma_data**2), sigma * sigma_data / root, 1 / root, sigma.log() / 4
-    s2 = sigma * sigma
-    root = math.sqrt(s2 + sigma_data**2)
-    return sigma_data**2 / (s2 + sigma_data**2), sigma * sigma_data / root, 1 / root, math.log(sigma) / 4
+        root = (sigma.square() + sd2).sqrt()
+        return sd2 / root.square(), sigma * sigma_data / root, 1 / root, sigma.log() / 4
+    root = math.sqrt(sigma * sigma + sd2)
+    return sd2 / (root * root), sigma * sigma_data / root, 1 / root, math.log(sigma) / 4
 
 
 def training_sigmas(n: int, p_mean: float, p_std: float, *, device: torch.device | str = "cpu",
@@ -123,8 +123,7 @@ def heun_sample(denoise: Denoise, shape: tuple[int, int], sigmas: torch.Tensor, 
                   if return_trajectory else None)
 
     def guided(z: torch.Tensor, sigma: float) -> torch.Tensor:
-        with torch.no_grad():
-            d = denoise(z, sigma).float()
+        d = denoise(z, sigma).float()
         if guidance is not None:
             d = d - (sigma * sigma) * guidance(z, sigma)  # D̃ = D_θ − σ² Σ w_k ∇E_k (§6)
         return d

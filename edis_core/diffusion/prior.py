@@ -109,6 +109,8 @@ class DiffusionPrior:
                  device: torch.device | str = "cpu", seed: int = 0):
         self.dim, self.config, self.device = dim, config, torch.device(device)
         self.condition_masks = [m.to(self.device, torch.bool) for m in condition_masks]
+        self._stacked_masks = (torch.stack(self.condition_masks) if self.condition_masks
+                               else None)
         self.normalizer = Normalizer(dim, raw_dims, device=self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -139,7 +141,10 @@ class DiffusionPrior:
         noisy, known = x + sigma[:, None] * noise, self._training_masks(len(x))
         if known is not None:
             noisy = torch.where(known, x, noisy)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.train_bf16):
+        if cfg.train_bf16:
+            with torch.autocast(self.device.type, torch.bfloat16):
+                denoised = self.denoiser(noisy, sigma, known)
+        else:
             denoised = self.denoiser(noisy, sigma, known)
         error = (denoised.float() - x).square()
         if known is None:
@@ -156,9 +161,9 @@ class DiffusionPrior:
 
     def _training_masks(self, n: int) -> torch.Tensor | None:
         """(n, D) bool: a share p_conditional of rows get one of the condition masks."""
-        if not self.condition_masks or self.config.p_conditional == 0:
+        masks = self._stacked_masks
+        if masks is None or self.config.p_conditional == 0:
             return None
-        masks = torch.stack(self.condition_masks)
         which = torch.randint(len(masks), (n,), device=self.device, generator=self.generator)
         conditioned = torch.rand(n, device=self.device, generator=self.generator)
         return masks[which] & (conditioned < self.config.p_conditional)[:, None]
@@ -166,6 +171,12 @@ class DiffusionPrior:
     def sigmas(self, steps: int | None = None) -> torch.Tensor:
         cfg = self.config
         return karras_sigmas(steps or cfg.sampling_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+
+    def conditions_on(self, mask: torch.Tensor) -> bool:
+        """Whether inpainting given `mask` samples a learned conditional (else replacement)."""
+        mask = mask.to(self.device)
+        return self.config.p_conditional > 0 and any(
+            torch.equal(mask, m) for m in self.condition_masks)
 
     def sampler_net(self) -> EDMDenoiser:
         """The EMA denoiser used for sampling (its bfloat16 copy if sample_bf16)."""
@@ -185,8 +196,7 @@ class DiffusionPrior:
         held clean); any other mask falls back to the replacement method.
         """
         denoise = self.sampler_net()
-        if inpaint is not None and self.config.p_conditional > 0 and any(
-                torch.equal(inpaint.mask.to(self.device), m) for m in self.condition_masks):
+        if inpaint is not None and self.conditions_on(inpaint.mask):
             denoise = functools.partial(denoise, known=inpaint.mask.to(self.device))
             inpaint = dataclasses.replace(inpaint, renoise=False)
         return heun_sample(denoise, (n, self.dim), self.sigmas(steps),

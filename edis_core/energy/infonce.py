@@ -24,25 +24,15 @@ def infonce_loss(positive_energy: torch.Tensor, negative_energy: torch.Tensor) -
 
 
 def contrastive_loss(energy: EnergyNet, positives: torch.Tensor, negatives: torch.Tensor,
-                     sigma: torch.Tensor, raw_penalty: float = 0.0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE of one energy on G groups, every member of group g noised to the same σ_g,
-    plus raw_penalty·mean(F²) on the raw network output.
+                     sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of one energy on G groups, every member of group g noised to the same σ_g.
 
     positives: (G, d); negatives: (G, K, d); σ: (G,). Returns the loss and the fraction of
     groups whose positive has the lowest energy (a diagnostic; 1/(K+1) means no signal).
-
-    Why the penalty: at large σ the logits E = σ_d c_in F barely depend on F, so InfoNCE
-    leaves F there to whatever it generalises from lower levels, while guidance still moves
-    samples by O(∇F). The penalty pulls F to 0 (no guidance) wherever the data give no
-    contrast, and is negligible where they do.
     """
     groups, k, d = negatives.shape
     rows = torch.cat([positives[:, None], negatives], dim=1).reshape(groups * (k + 1), d)
-    energies, raw = energy.energy_and_raw(rows, sigma.repeat_interleave(k + 1))
-    energies = energies.reshape(groups, k + 1)
+    energies = energy(rows, sigma.repeat_interleave(k + 1)).reshape(groups, k + 1)
     loss = infonce_loss(energies[:, 0], energies[:, 1:])
-    if raw_penalty:
-        loss = loss + raw_penalty * raw.square().mean()
     accuracy = (energies.argmin(1) == 0).float().mean()
     return loss, accuracy

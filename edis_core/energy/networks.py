@@ -41,11 +41,6 @@ class EnergyNet(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """E per row. x: (B, in_dim); σ: a float (one level for the batch) or a (B,) tensor."""
-        return self.energy_and_raw(x, sigma)[0]
-
-    def energy_and_raw(self, x: torch.Tensor,
-                       sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E, F) per row: the energy and the raw network output it scales."""
         if isinstance(sigma, torch.Tensor):
             sigma = sigma.reshape(-1, 1)
         _, _, c_in, c_noise = preconditioning(sigma, self.sigma_data)
@@ -54,8 +49,7 @@ class EnergyNet(nn.Module):
         h = F.silu(self.input(x * c_in) + self.embed_proj(self.embed(c_noise)))
         for layer in self.hidden:
             h = F.silu(layer(h))
-        raw = self.output(h).squeeze(-1)
         scale = self.sigma_data * c_in
         if isinstance(scale, torch.Tensor):
             scale = scale.reshape(-1)
-        return scale * raw, raw
+        return scale * self.output(h).squeeze(-1)
