@@ -69,17 +69,26 @@ def random_policy(observations: torch.Tensor) -> torch.Tensor:
 def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
     rng = np.random.default_rng(0)
     data = random_transitions(20_000, rng)
-    row: dict = {"config": {k: v for k, v in dataclasses.asdict(diffusion).items()
-                            if k in ("width", "blocks", "sampling_steps", "s_churn")},
-                 "evaluations_per_sample": diffusion.evaluations_per_sample}
+    row: dict = {
+        "config": {
+            k: v
+            for k, v in dataclasses.asdict(diffusion).items()
+            if k in ("width", "blocks", "sampling_steps", "s_churn")
+        },
+        "evaluations_per_sample": diffusion.evaluations_per_sample,
+    }
     for precision in ("float32", "bfloat16"):
-        config = EDISConfig(diffusion=dataclasses.replace(
-            diffusion, sample_bf16=precision == "bfloat16", train_bf16=precision == "bfloat16"),
-            generate_batch=SAMPLE_BATCH)
+        config = EDISConfig(
+            diffusion=dataclasses.replace(
+                diffusion, sample_bf16=precision == "bfloat16", train_bf16=precision == "bfloat16"
+            ),
+            generate_batch=SAMPLE_BATCH,
+        )
         gen = SyntheticGenerator(TransitionLayout(OBS_DIM, ACT_DIM), config, seed=0)
         gen.train_prior(data, 1)
         x = gen.prior.normalizer.normalize(
-            torch.as_tensor(gen.layout.to_array(data.take(slice(0, 4096)))))
+            torch.as_tensor(gen.layout.to_array(data.take(slice(0, 4096))))
+        )
 
         def train_step(gen=gen, x=x) -> None:
             gen.prior.train_step(x[torch.randint(len(x), (TRAIN_BATCH,))])
@@ -100,27 +109,36 @@ def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
             "energy_refresh_s": refresh_s,
         }
         row["refresh_denoiser_evaluations"] = gen.refresh_evaluations()
-    row["refresh_vs_reference"] = (row["refresh_denoiser_evaluations"]
-                                   / REFERENCE_REFRESH_EVALUATIONS)
+    row["refresh_vs_reference"] = (
+        row["refresh_denoiser_evaluations"] / REFERENCE_REFRESH_EVALUATIONS
+    )
     row["targets"] = TARGETS[name]
     return row
 
 
 def print_table(results: dict) -> None:
-    header = (f"{'size':6} {'precision':9} {'unguided/s':>11} {'guided/s':>10} {'ratio':>6} "
-              f"{'train/s':>8}")
+    header = (
+        f"{'size':6} {'precision':9} {'unguided/s':>11} {'guided/s':>10} {'ratio':>6} "
+        f"{'train/s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for name, row in results["sizes"].items():
         for precision in ("float32", "bfloat16"):
             r = row[precision]
-            print(f"{name:6} {precision:9} {r['unguided_per_s']:11.0f} {r['guided_per_s']:10.0f} "
-                  f"{r['guided_ratio']:6.2f} {r['train_steps_per_s']:8.1f}")
+            print(
+                f"{name:6} {precision:9} {r['unguided_per_s']:11.0f} {r['guided_per_s']:10.0f} "
+                f"{r['guided_ratio']:6.2f} {r['train_steps_per_s']:8.1f}"
+            )
         t = row["targets"]
-        print(f"{name:6} {'target':9} {t['unguided_per_s']:11.0f} {'':>10} "
-              f"{t['guided_ratio']:6.2f} {t['train_steps_per_s']:8.1f}")
-        print(f"{name:6} energy refresh: {row['refresh_denoiser_evaluations']:.3g} denoiser "
-              f"evaluations = {row['refresh_vs_reference']:.4f} x reference (target <= 0.05)")
+        print(
+            f"{name:6} {'target':9} {t['unguided_per_s']:11.0f} {'':>10} "
+            f"{t['guided_ratio']:6.2f} {t['train_steps_per_s']:8.1f}"
+        )
+        print(
+            f"{name:6} energy refresh: {row['refresh_denoiser_evaluations']:.3g} denoiser "
+            f"evaluations = {row['refresh_vs_reference']:.4f} x reference (target <= 0.05)"
+        )
 
 
 def main() -> None:
@@ -134,8 +152,12 @@ def main() -> None:
     if args.paper:
         sizes["paper"] = DiffusionConfig.paper()
     results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "sizes": {name: bench_size(name, cfg, seconds) for name, cfg in sizes.items()},
     }
     print_table(results)

@@ -59,13 +59,21 @@ class EDISConfig:
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
             self.diffusion = DiffusionConfig(**self.diffusion)
-        for name in ("energy_width", "energy_depth", "energy_groups", "negatives",
-                     "energy_steps", "negative_trajectories", "generate_batch"):
+        for name in (
+            "energy_width",
+            "energy_depth",
+            "energy_groups",
+            "negatives",
+            "energy_steps",
+            "negative_trajectories",
+            "generate_batch",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"EDISConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.energy_embed_dim < 2 or self.energy_embed_dim % 2:
-            raise ValueError(f"EDISConfig.energy_embed_dim must be even and >= 2, got "
-                             f"{self.energy_embed_dim}")
+            raise ValueError(
+                f"EDISConfig.energy_embed_dim must be even and >= 2, got {self.energy_embed_dim}"
+            )
         if self.energy_lr <= 0:
             raise ValueError(f"EDISConfig.energy_lr must be > 0, got {self.energy_lr}")
         for name in ("w_state", "w_policy", "w_transition"):
@@ -73,11 +81,13 @@ class EDISConfig:
             if value is not None and value < 0:
                 raise ValueError(f"EDISConfig.{name} must be >= 0 or None, got {value}")
         if self.guidance_sigma_max <= 0:
-            raise ValueError(f"EDISConfig.guidance_sigma_max must be > 0, got "
-                             f"{self.guidance_sigma_max}")
+            raise ValueError(
+                f"EDISConfig.guidance_sigma_max must be > 0, got {self.guidance_sigma_max}"
+            )
         if self.guidance_clip is not None and self.guidance_clip <= 0:
-            raise ValueError(f"EDISConfig.guidance_clip must be > 0 or None, got "
-                             f"{self.guidance_clip}")
+            raise ValueError(
+                f"EDISConfig.guidance_clip must be > 0 or None, got {self.guidance_clip}"
+            )
 
     @property
     def weights(self) -> dict[str, float | None]:
@@ -96,19 +106,33 @@ class ContrastivePool:
 class SyntheticGenerator:
     """Generates transitions from the prior, unguided or EDIS-guided, in raw units."""
 
-    def __init__(self, layout: TransitionLayout, config: EDISConfig | None = None,
-                 mode: str = "edis", device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(
+        self,
+        layout: TransitionLayout,
+        config: EDISConfig | None = None,
+        mode: str = "edis",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.layout, self.config, self.mode = layout, config or EDISConfig(), mode
         self.device = torch.device(device)
         cfg = self.config
         self.prior = DiffusionPrior(
-            layout.dim, cfg.diffusion, raw_dims=(layout.done.start,),
-            condition_masks=[layout.mask("state_action")], device=self.device, seed=seed)
+            layout.dim,
+            cfg.diffusion,
+            raw_dims=(layout.done.start,),
+            condition_masks=[layout.mask("state_action")],
+            device=self.device,
+            seed=seed,
+        )
         # The dims each energy reads (§5 table): s; (s, a); (s, a, r, s', done).
-        self.energy_dims = {"state": layout.state, "policy": layout.state_action,
-                            "transition": slice(0, layout.dim)}
+        self.energy_dims = {
+            "state": layout.state,
+            "policy": layout.state_action,
+            "transition": slice(0, layout.dim),
+        }
         self.energies: dict[str, EnergyNet] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
@@ -116,18 +140,25 @@ class SyntheticGenerator:
                 if weight is not None:
                     dims = self.energy_dims[name]
                     self.energies[name] = EnergyNet(
-                        dims.stop - dims.start, cfg.energy_width, cfg.energy_depth,
-                        cfg.energy_embed_dim, cfg.diffusion.sigma_data).to(self.device)
-        self.energy_optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.energy_lr)
-                                  for name, net in self.energies.items()}
+                        dims.stop - dims.start,
+                        cfg.energy_width,
+                        cfg.energy_depth,
+                        cfg.energy_embed_dim,
+                        cfg.diffusion.sigma_data,
+                    ).to(self.device)
+        self.energy_optimizers = {
+            name: torch.optim.Adam(net.parameters(), lr=cfg.energy_lr)
+            for name, net in self.energies.items()
+        }
         self.rng = torch.Generator(self.device).manual_seed(seed + 2)
         self.energies_trained = False
         self.dropped_rows = 0  # generated rows with NaN/inf, never returned
         self.denoiser_evaluations = 0  # spent on energy negatives, all refreshes together
 
     # ----- offline phase -------------------------------------------------------------------
-    def train_prior(self, data: Transitions, steps: int,
-                    progress: Callable[[int, float], None] | None = None) -> float:
+    def train_prior(
+        self, data: Transitions, steps: int, progress: Callable[[int, float], None] | None = None
+    ) -> float:
         """`steps` EDM steps on `data`; returns the mean loss of the last 100 steps.
 
         The first call fits the normaliser; later calls (warm-started online training on
@@ -139,8 +170,9 @@ class SyntheticGenerator:
         x = self._normalize(raw)
         losses = []
         for step in range(steps):
-            rows = torch.randint(len(x), (self.config.diffusion.batch_size,), device=self.device,
-                                 generator=self.rng)
+            rows = torch.randint(
+                len(x), (self.config.diffusion.batch_size,), device=self.device, generator=self.rng
+            )
             loss = self.prior.train_step(x[rows])
             losses.append(loss)
             if progress is not None:
@@ -148,8 +180,9 @@ class SyntheticGenerator:
         return float(np.mean(losses[-100:])) if losses else math.nan
 
     # ----- online phase: energies ----------------------------------------------------------
-    def train_energies(self, positives: Transitions, real: Transitions, policy: Policy,
-                       steps: int) -> dict[str, float]:
+    def train_energies(
+        self, positives: Transitions, real: Transitions, policy: Policy, steps: int
+    ) -> dict[str, float]:
         """`steps` InfoNCE steps for every enabled energy (EDIS.md §5); returns the mean loss
         and accuracy of the last 50 steps per energy and this refresh's denoiser evaluations.
 
@@ -163,16 +196,20 @@ class SyntheticGenerator:
         """
         self._require_prior()
         pools, passes = self._contrastive_pools(positives, real, policy)
-        evaluations = (passes * self.config.negative_trajectories
-                       * self.config.diffusion.evaluations_per_sample)
+        evaluations = (
+            passes
+            * self.config.negative_trajectories
+            * self.config.diffusion.evaluations_per_sample
+        )
         self.denoiser_evaluations += evaluations
         sigmas = self.prior.sigmas()[:-1].to(self.device, torch.float32)
         levels = torch.nonzero(sigmas <= self.config.guidance_sigma_max).squeeze(1)
         history: dict[str, list[tuple[float, float]]] = {name: [] for name in self.energies}
         for _ in range(steps):
             for name, net in self.energies.items():
-                loss, accuracy = self._infonce_step(net, pools[name], self.energy_dims[name],
-                                                    sigmas, levels)
+                loss, accuracy = self._infonce_step(
+                    net, pools[name], self.energy_dims[name], sigmas, levels
+                )
                 optimizer = self.energy_optimizers[name]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -189,11 +226,15 @@ class SyntheticGenerator:
         """Denoiser sample-evaluations that one train_energies call spends on negatives."""
         passes = int("state" in self.energies or "policy" in self.energies)
         passes += int("transition" in self.energies)
-        return (passes * self.config.negative_trajectories
-                * self.config.diffusion.evaluations_per_sample)
+        return (
+            passes
+            * self.config.negative_trajectories
+            * self.config.diffusion.evaluations_per_sample
+        )
 
-    def _contrastive_pools(self, positives: Transitions, real: Transitions,
-                           policy: Policy) -> tuple[dict[str, ContrastivePool], int]:
+    def _contrastive_pools(
+        self, positives: Transitions, real: Transitions, policy: Policy
+    ) -> tuple[dict[str, ContrastivePool], int]:
         """Positives and negatives of each energy at every sampler level σ_i (§5 table), and
         the number of sampling passes (of `negative_trajectories` samples each) they cost.
 
@@ -219,8 +260,9 @@ class SyntheticGenerator:
                 pools["policy"] = ContrastivePool(out.trajectory, clean)
         if "transition" in energies:
             clean = self._normalize(layout.to_array(real))
-            known = Inpaint(clean[self._draw(len(clean), m)],
-                            layout.mask("state_action", device=self.device))
+            known = Inpaint(
+                clean[self._draw(len(clean), m)], layout.mask("state_action", device=self.device)
+            )
             trajectory = self.prior.sample(m, inpaint=known, return_trajectory=True).trajectory
             passes += 1
             if self.prior.conditions_on(known.mask):
@@ -235,9 +277,14 @@ class SyntheticGenerator:
         noise = torch.randn(trajectory.shape, device=self.device, generator=self.rng)
         return torch.where(mask, trajectory + sigmas[:, None, None] * noise, trajectory)
 
-    def _infonce_step(self, net: EnergyNet, pool: ContrastivePool, dims: slice,
-                      sigmas: torch.Tensor, levels: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _infonce_step(
+        self,
+        net: EnergyNet,
+        pool: ContrastivePool,
+        dims: slice,
+        sigmas: torch.Tensor,
+        levels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss of G groups, each one positive and K negatives at one sampler level σ_i,
         i drawn from `levels` (indices into the sampler's σ schedule)."""
         groups, k = self.config.energy_groups, self.config.negatives
@@ -253,11 +300,16 @@ class SyntheticGenerator:
     def guidance(self) -> EnergyGuidance | None:
         """The guidance hook for the current weights; None when every scale is 0 or None,
         so that sampling is then exactly the unguided sampler."""
-        terms = [EnergyTerm(net, self.energy_dims[name], self.config.weights[name])
-                 for name, net in self.energies.items()]
+        terms = [
+            EnergyTerm(net, self.energy_dims[name], self.config.weights[name])
+            for name, net in self.energies.items()
+        ]
         clip = self.config.guidance_clip
-        guidance = EnergyGuidance(terms, None if clip is None else clip * self.layout.dim**0.5,
-                                  self.config.guidance_sigma_max)
+        guidance = EnergyGuidance(
+            terms,
+            None if clip is None else clip * self.layout.dim**0.5,
+            self.config.guidance_sigma_max,
+        )
         return guidance if guidance.active else None
 
     # ----- sampling ------------------------------------------------------------------------
@@ -273,8 +325,7 @@ class SyntheticGenerator:
             guidance = self.guidance()
         parts = []
         for start in range(0, n, self.config.generate_batch):
-            out = self.prior.sample(min(self.config.generate_batch, n - start),
-                                    guidance=guidance)
+            out = self.prior.sample(min(self.config.generate_batch, n - start), guidance=guidance)
             raw = self.prior.normalizer.unnormalize(out.x)
             finite = torch.isfinite(raw).all(dim=1)
             self.dropped_rows += int((~finite).sum())
@@ -284,15 +335,18 @@ class SyntheticGenerator:
 
     # ----- state ---------------------------------------------------------------------------
     def energy_state_dict(self) -> dict[str, Any]:
-        return {"nets": {name: net.state_dict() for name, net in self.energies.items()},
-                "optimizers": {name: opt.state_dict()
-                               for name, opt in self.energy_optimizers.items()},
-                "trained": self.energies_trained}
+        return {
+            "nets": {name: net.state_dict() for name, net in self.energies.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.energy_optimizers.items()},
+            "trained": self.energies_trained,
+        }
 
     def load_energy_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["nets"]) != set(self.energies):
-            raise ValueError(f"energies in state {sorted(state['nets'])} differ from this "
-                             f"generator's {sorted(self.energies)}")
+            raise ValueError(
+                f"energies in state {sorted(state['nets'])} differ from this "
+                f"generator's {sorted(self.energies)}"
+            )
         for name, net in self.energies.items():
             net.load_state_dict(state["nets"][name])
             self.energy_optimizers[name].load_state_dict(state["optimizers"][name])
@@ -314,8 +368,10 @@ class SyntheticGenerator:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if (state["obs_dim"], state["act_dim"]) != (self.layout.obs_dim, self.layout.act_dim):
-            raise ValueError(f"state is for obs/act dims {state['obs_dim']}/{state['act_dim']}, "
-                             f"this generator has {self.layout.obs_dim}/{self.layout.act_dim}")
+            raise ValueError(
+                f"state is for obs/act dims {state['obs_dim']}/{state['act_dim']}, "
+                f"this generator has {self.layout.obs_dim}/{self.layout.act_dim}"
+            )
         self.prior.load_state_dict(state["prior"])
         self.load_energy_state_dict(state["energies"])
         self.rng.set_state(state["rng"])
@@ -323,11 +379,16 @@ class SyntheticGenerator:
         self.denoiser_evaluations = int(state["denoiser_evaluations"])
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu",
-                        mode: str | None = None) -> SyntheticGenerator:
+    def from_state_dict(
+        cls, state: dict[str, Any], device: torch.device | str = "cpu", mode: str | None = None
+    ) -> SyntheticGenerator:
         """Rebuilds a generator (config, layout, weights) from `state_dict()` output."""
-        generator = cls(TransitionLayout(state["obs_dim"], state["act_dim"]),
-                        EDISConfig(**state["config"]), mode or state["mode"], device)
+        generator = cls(
+            TransitionLayout(state["obs_dim"], state["act_dim"]),
+            EDISConfig(**state["config"]),
+            mode or state["mode"],
+            device,
+        )
         generator.load_state_dict(state)
         return generator
 

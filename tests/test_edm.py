@@ -74,20 +74,26 @@ def test_karras_schedule_endpoints_and_order():
 
 def gaussian_denoiser(mean: torch.Tensor, std: torch.Tensor):
     """The exact D(x; σ) = E[x0 | x] for data N(mean, diag(std²))."""
+
     def denoise(x, sigma):
         return mean + std**2 / (std**2 + sigma**2) * (x - mean)
+
     return denoise
 
 
-@pytest.mark.parametrize(("churn", "steps", "rtol"), [
-    (Churn(), 32, 0.03),
-    (Churn(s_churn=80.0, s_tmin=0.05, s_tmax=50.0), 128, 0.04),  # stochastic: more bias
-])
+@pytest.mark.parametrize(
+    ("churn", "steps", "rtol"),
+    [
+        (Churn(), 32, 0.03),
+        (Churn(s_churn=80.0, s_tmin=0.05, s_tmax=50.0), 128, 0.04),  # stochastic: more bias
+    ],
+)
 def test_heun_sampler_recovers_a_gaussian(churn, steps, rtol):
     mean, std = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.5, 0.1])
     g = torch.Generator().manual_seed(0)
-    out = heun_sample(gaussian_denoiser(mean, std), (40_000, 3), karras_sigmas(steps),
-                      churn=churn, generator=g)
+    out = heun_sample(
+        gaussian_denoiser(mean, std), (40_000, 3), karras_sigmas(steps), churn=churn, generator=g
+    )
     assert torch.allclose(out.x.mean(0), mean, atol=0.03)
     assert torch.allclose(out.x.std(0), std, rtol=rtol)
 
@@ -104,10 +110,17 @@ def test_zero_guidance_reproduces_the_unguided_sampler_bit_for_bit():
         return torch.zeros_like(x)
 
     for churn in (Churn(), Churn(s_churn=20.0)):
-        plain = heun_sample(net, (64, 5), karras_sigmas(8), churn=churn,
-                            generator=torch.Generator().manual_seed(3))
-        guided = heun_sample(net, (64, 5), karras_sigmas(8), churn=churn, guidance=zero_guidance,
-                             generator=torch.Generator().manual_seed(3))
+        plain = heun_sample(
+            net, (64, 5), karras_sigmas(8), churn=churn, generator=torch.Generator().manual_seed(3)
+        )
+        guided = heun_sample(
+            net,
+            (64, 5),
+            karras_sigmas(8),
+            churn=churn,
+            guidance=zero_guidance,
+            generator=torch.Generator().manual_seed(3),
+        )
         assert torch.equal(plain.x, guided.x)
     assert len(calls) == 2 * (2 * 8 - 1)  # guidance is consulted at every evaluation
 
@@ -120,8 +133,13 @@ def test_guidance_enters_as_sigma_squared_times_gradient():
     def denoise(x, sigma):
         return c.expand_as(x)
 
-    out = heun_sample(denoise, (1, 2), sigmas, guidance=lambda x, s: gvec.expand_as(x),
-                      generator=torch.Generator().manual_seed(0))
+    out = heun_sample(
+        denoise,
+        (1, 2),
+        sigmas,
+        guidance=lambda x, s: gvec.expand_as(x),
+        generator=torch.Generator().manual_seed(0),
+    )
     x = torch.randn((1, 2), generator=torch.Generator().manual_seed(0)) * sigmas[0].item()
     levels = sigmas.tolist()
     for i in range(6):
@@ -142,8 +160,14 @@ def test_inpainting_keeps_known_dims_and_records_the_trajectory(renoise):
         torch.nn.init.normal_(p, std=0.2)
     values = torch.randn(50, 4)
     mask = torch.tensor([True, False, True, False])
-    out = heun_sample(net, (50, 4), karras_sigmas(10), inpaint=Inpaint(values, mask, renoise),
-                      return_trajectory=True, generator=torch.Generator().manual_seed(1))
+    out = heun_sample(
+        net,
+        (50, 4),
+        karras_sigmas(10),
+        inpaint=Inpaint(values, mask, renoise),
+        return_trajectory=True,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert torch.equal(out.x[:, mask], values[:, mask])
     assert not torch.equal(out.x[:, ~mask], values[:, ~mask])
     assert out.trajectory.shape == (10, 50, 4)
@@ -237,13 +261,18 @@ def test_layout_round_trip_thresholds_done():
     np.testing.assert_array_equal(layout.to_transitions(x).terminals, [0, 1, 0, 1] * 5)
 
 
-def test_prior_learns_a_bimodal_distribution_and_round_trips_its_state():
-    cfg = DiffusionConfig(width=64, blocks=2, sampling_steps=12, lr=2e-3, train_steps=1)
+@pytest.mark.parametrize("train_bf16", [False, True])
+def test_prior_learns_a_bimodal_distribution_and_round_trips_its_state(train_bf16):
+    cfg = DiffusionConfig(
+        width=64, blocks=2, sampling_steps=12, lr=2e-3, train_steps=1, train_bf16=train_bf16
+    )
     prior = DiffusionPrior(2, cfg, seed=0)
     g = torch.Generator().manual_seed(0)
     modes = torch.randint(2, (4096,), generator=g) * 4.0 - 2.0  # ±2
-    data = torch.stack([modes + 0.3 * torch.randn(4096, generator=g),
-                        0.5 * torch.randn(4096, generator=g) - 1.0], dim=1)
+    data = torch.stack(
+        [modes + 0.3 * torch.randn(4096, generator=g), 0.5 * torch.randn(4096, generator=g) - 1.0],
+        dim=1,
+    )
     prior.fit_normalizer(data)
     x = prior.normalizer.normalize(data)
     losses = [prior.train_step(x[torch.randint(4096, (256,), generator=g)]) for _ in range(400)]

@@ -29,9 +29,12 @@ def one_thread():
 def test_infonce_loss_is_the_mean_over_groups_of_the_definition():
     g = torch.Generator().manual_seed(0)
     pos, neg = torch.randn(5, generator=g), torch.randn(5, 4, generator=g)
-    expected = torch.stack([
-        -torch.log(torch.exp(-pos[i]) / (torch.exp(-pos[i]) + torch.exp(-neg[i]).sum()))
-        for i in range(5)]).mean()
+    expected = torch.stack(
+        [
+            -torch.log(torch.exp(-pos[i]) / (torch.exp(-pos[i]) + torch.exp(-neg[i]).sum()))
+            for i in range(5)
+        ]
+    ).mean()
     assert torch.allclose(infonce_loss(pos, neg), expected, atol=1e-6)
     # mean, not sum: duplicating the batch changes nothing
     assert torch.allclose(infonce_loss(pos.repeat(2), neg.repeat(2, 1)), expected, atol=1e-6)
@@ -74,8 +77,14 @@ def test_guidance_scatters_weighted_gradients_and_clips():
     for p in [*a.parameters(), *b.parameters()]:
         torch.nn.init.normal_(p, std=0.5)
     x, sigma = torch.randn(6, 5), 0.8
-    guidance = EnergyGuidance([EnergyTerm(a, slice(0, 2), 0.5), EnergyTerm(b, slice(2, 5), 2.0),
-                               EnergyTerm(a, slice(3, 5), None), EnergyTerm(b, slice(0, 3), 0.0)])
+    guidance = EnergyGuidance(
+        [
+            EnergyTerm(a, slice(0, 2), 0.5),
+            EnergyTerm(b, slice(2, 5), 2.0),
+            EnergyTerm(a, slice(3, 5), None),
+            EnergyTerm(b, slice(0, 3), 0.0),
+        ]
+    )
     xr = x.clone().requires_grad_(True)
     (ga,) = torch.autograd.grad(a(xr[:, :2], sigma).sum(), xr)
     (gb,) = torch.autograd.grad(b(xr[:, 2:], sigma).sum(), xr)
@@ -93,7 +102,8 @@ def test_guidance_scatters_weighted_gradients_and_clips():
     small = sigma * full.norm(dim=1) <= limit
     assert torch.allclose(clipped[small], full[small])
     assert torch.allclose(  # clipping rescales, never turns
-        torch.nn.functional.cosine_similarity(clipped, full), torch.ones(6), atol=1e-5)
+        torch.nn.functional.cosine_similarity(clipped, full), torch.ones(6), atol=1e-5
+    )
 
     gated = EnergyGuidance(guidance.terms, sigma_max=0.5)
     assert torch.equal(gated(x, sigma), torch.zeros_like(x))
@@ -107,15 +117,20 @@ TOY_DIFFUSION = DiffusionConfig(width=128, blocks=2, sampling_steps=16, lr=1e-3)
 
 def transitions(s, a, r, s2) -> Transitions:
     n = len(s)
-    return Transitions(s.astype(np.float32), a.astype(np.float32), r.astype(np.float32),
-                       s2.astype(np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32),
-                       np.full(n, -np.inf, np.float32))
+    return Transitions(
+        s.astype(np.float32),
+        a.astype(np.float32),
+        r.astype(np.float32),
+        s2.astype(np.float32),
+        np.zeros(n, np.float32),
+        np.zeros(n, np.float32),
+        np.full(n, -np.inf, np.float32),
+    )
 
 
 def toy_generator(data: Transitions, seed: int, prior_steps: int, **weights) -> SyntheticGenerator:
     config = EDISConfig(diffusion=TOY_DIFFUSION, negative_trajectories=1024, **weights)
-    generator = SyntheticGenerator(TransitionLayout(data.obs_dim, data.act_dim), config,
-                                   seed=seed)
+    generator = SyntheticGenerator(TransitionLayout(data.obs_dim, data.act_dim), config, seed=seed)
     generator.train_prior(data, prior_steps)
     return generator
 
@@ -126,17 +141,22 @@ def no_policy(observations: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_state_energy_moves_samples_to_the_positive_buffer(seed):
-    """Prior: 4 equal modes in a 2-D state. Positive buffer: one mode only."""
+    """Prior: 4 equal modes in a 2-D state. Positive buffer: one mode only.
+
+    r and s' are independent of s here: E_s reads s only (§5), so it cannot account for
+    dims that also inform s (see SyntheticGenerator.train_energies)."""
     rng = np.random.default_rng(seed)
     modes = np.array([[2, 2], [2, -2], [-2, 2], [-2, -2]])
 
     def data(n, allowed):
         s = modes[rng.choice(allowed, n)] + 0.3 * rng.standard_normal((n, 2))
-        return transitions(s, rng.uniform(-1, 1, (n, 1)), rng.standard_normal(n),
-                           rng.standard_normal((n, 2)))
+        return transitions(
+            s, rng.uniform(-1, 1, (n, 1)), rng.standard_normal(n), rng.standard_normal((n, 2))
+        )
 
-    gen = toy_generator(data(20_000, [0, 1, 2, 3]), seed, 1200, w_state=1.0, w_policy=None,
-                        w_transition=None)
+    gen = toy_generator(
+        data(20_000, [0, 1, 2, 3]), seed, 1200, w_state=1.0, w_policy=None, w_transition=None
+    )
     gen.train_energies(data(2000, [0]), data(2000, [0, 1, 2, 3]), no_policy, 400)
 
     def share_in_positive_mode(t: Transitions) -> float:
@@ -185,8 +205,9 @@ def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed):
         s, a = rng.uniform(-1, 1, (n, 2)), rng.uniform(-1, 1, (n, 1))
         return transitions(s, a, s[:, 0] + 0.1 * a[:, 0], s @ a_matrix.T + a @ b.T)
 
-    gen = toy_generator(data(20_000, old), seed, 1000, w_state=None, w_policy=None,
-                        w_transition=1.0)
+    gen = toy_generator(
+        data(20_000, old), seed, 1000, w_state=None, w_policy=None, w_transition=1.0
+    )
     real = data(5000, new)
     gen.train_energies(real, real, no_policy, 400)
 

@@ -39,8 +39,15 @@ def dataset(n: int = 512, seed: int = 0) -> Transitions:
 
 
 def generator(seed: int = 0, **overrides) -> SyntheticGenerator:
-    config = EDISConfig(diffusion=SMALL, energy_width=16, negative_trajectories=64,
-                        energy_groups=8, negatives=3, generate_batch=50, **overrides)
+    config = EDISConfig(
+        diffusion=SMALL,
+        energy_width=16,
+        negative_trajectories=64,
+        energy_groups=8,
+        negatives=3,
+        generate_batch=50,
+        **overrides,
+    )
     return SyntheticGenerator(TransitionLayout(3, 2), config, seed=seed)
 
 
@@ -48,6 +55,7 @@ def policy_recording(seen: list):
     def policy(obs: torch.Tensor) -> torch.Tensor:
         seen.append(obs.clone())
         return torch.tanh(obs[:, :2] - 100.0)
+
     return policy
 
 
@@ -59,8 +67,14 @@ def trained(**overrides) -> SyntheticGenerator:
 
 
 def test_config_validation():
-    for bad in ({"w_state": -1.0}, {"negatives": 0}, {"guidance_clip": 0.0},
-                {"energy_embed_dim": 3}, {"energy_lr": 0.0}, {"negative_trajectories": 0}):
+    for bad in (
+        {"w_state": -1.0},
+        {"negatives": 0},
+        {"guidance_clip": 0.0},
+        {"energy_embed_dim": 3},
+        {"energy_lr": 0.0},
+        {"negative_trajectories": 0},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             EDISConfig(**bad)
     with pytest.raises(ValueError, match="mode"):

@@ -4,5 +4,14 @@ from edis_core.diffusion.edm import Churn, Inpaint, SamplerOutput, heun_sample, 
 from edis_core.diffusion.layout import Normalizer, TransitionLayout
 from edis_core.diffusion.prior import DiffusionConfig, DiffusionPrior
 
-__all__ = ["Churn", "DiffusionConfig", "DiffusionPrior", "Inpaint", "Normalizer",
-           "SamplerOutput", "TransitionLayout", "heun_sample", "karras_sigmas"]
+__all__ = [
+    "Churn",
+    "DiffusionConfig",
+    "DiffusionPrior",
+    "Inpaint",
+    "Normalizer",
+    "SamplerOutput",
+    "TransitionLayout",
+    "heun_sample",
+    "karras_sigmas",
+]

@@ -87,8 +87,9 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor | float,
-                known: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x_in: torch.Tensor, c_noise: torch.Tensor | float, known: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x_in: (B, dim); c_noise: a float or (B,); known: None, (dim,) or (B, dim) bool.
         One-row embeddings and masks are broadcast over the batch."""
         emb = self.embed_mlp(self.embed(c_noise))
@@ -110,14 +111,14 @@ class EDMDenoiser(nn.Module):
     with such masks, one network is both the joint prior and its conditionals p(·|s, a).
     """
 
-    def __init__(self, dim: int, width: int, blocks: int, sigma_data: float,
-                 embed_dim: int = 64):
+    def __init__(self, dim: int, width: int, blocks: int, sigma_data: float, embed_dim: int = 64):
         super().__init__()
         self.sigma_data = sigma_data
         self.net = ResidualMLP(dim, width, blocks, embed_dim)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
-                known: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, known: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """σ: a float (one level for the batch) or a (B,) tensor; known: None or a bool
         mask, (D,) or (B, D)."""
         if isinstance(sigma, torch.Tensor):

@@ -29,8 +29,14 @@ def preconditioning(sigma: torch.Tensor | float, sigma_data: float) -> tuple:
     return sd2 / (root * root), sigma * sigma_data / root, 1 / root, math.log(sigma) / 4
 
 
-def training_sigmas(n: int, p_mean: float, p_std: float, *, device: torch.device | str = "cpu",
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def training_sigmas(
+    n: int,
+    p_mean: float,
+    p_std: float,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """σ ~ LogNormal(P_mean, P_std): ln σ = P_mean + P_std·n, n ~ N(0, 1)."""
     normal = torch.randn(n, device=device, generator=generator)
     return (p_mean + p_std * normal).exp()
@@ -41,8 +47,9 @@ def loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma.square() + sigma_data**2) / (sigma * sigma_data).square()
 
 
-def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                  rho: float = 7.0) -> torch.Tensor:
+def karras_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> torch.Tensor:
     """σ_0 = σ_max > ... > σ_{N-1} = σ_min (EDM eq. 5), followed by σ_N = 0: N + 1 values."""
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
@@ -92,11 +99,18 @@ class SamplerOutput:
     trajectory: torch.Tensor | None = None
 
 
-def heun_sample(denoise: Denoise, shape: tuple[int, int], sigmas: torch.Tensor, *,
-                churn: Churn = Churn(), guidance: Guidance | None = None,
-                inpaint: Inpaint | None = None, return_trajectory: bool = False,
-                generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> SamplerOutput:
+def heun_sample(
+    denoise: Denoise,
+    shape: tuple[int, int],
+    sigmas: torch.Tensor,
+    *,
+    churn: Churn = Churn(),
+    guidance: Guidance | None = None,
+    inpaint: Inpaint | None = None,
+    return_trajectory: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> SamplerOutput:
     """Heun 2nd-order sampler of EDM Algorithm 2 with an Euler last step (to σ_N = 0).
 
     N steps cost 2N − 1 denoiser evaluations. Only `guidance` may build an autograd graph
@@ -119,8 +133,9 @@ def heun_sample(denoise: Denoise, shape: tuple[int, int], sigmas: torch.Tensor, 
             def known(z: torch.Tensor, sigma: float) -> torch.Tensor:
                 return torch.where(mask, values, z)
 
-    trajectory = (torch.empty((steps, *shape), device=device, dtype=x.dtype)
-                  if return_trajectory else None)
+    trajectory = (
+        torch.empty((steps, *shape), device=device, dtype=x.dtype) if return_trajectory else None
+    )
 
     def guided(z: torch.Tensor, sigma: float) -> torch.Tensor:
         d = denoise(z, sigma).float()

@@ -48,12 +48,21 @@ class TransitionLayout:
     def to_array(self, t: Transitions) -> np.ndarray:
         """(N, D) float32 with done = terminals (a truncation is not an MDP end)."""
         if t.obs_dim != self.obs_dim or t.act_dim != self.act_dim:
-            raise ValueError(f"transitions have obs/act dims {t.obs_dim}/{t.act_dim}, layout "
-                             f"expects {self.obs_dim}/{self.act_dim}")
-        return np.concatenate([
-            t.observations, t.actions, t.rewards.reshape(-1, 1), t.next_observations,
-            t.terminals.reshape(-1, 1),
-        ], axis=1, dtype=np.float32)
+            raise ValueError(
+                f"transitions have obs/act dims {t.obs_dim}/{t.act_dim}, layout "
+                f"expects {self.obs_dim}/{self.act_dim}"
+            )
+        return np.concatenate(
+            [
+                t.observations,
+                t.actions,
+                t.rewards.reshape(-1, 1),
+                t.next_observations,
+                t.terminals.reshape(-1, 1),
+            ],
+            axis=1,
+            dtype=np.float32,
+        )
 
     def to_transitions(self, x: np.ndarray) -> Transitions:
         """Inverse of to_array for generated rows: done thresholded at 0.5, timeouts 0 and
@@ -79,8 +88,13 @@ class Normalizer:
     The std is floored at `min_std` so that constant dimensions map to 0 instead of NaN.
     """
 
-    def __init__(self, dim: int, raw_dims: Sequence[int] = (), min_std: float = 1e-6,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        dim: int,
+        raw_dims: Sequence[int] = (),
+        min_std: float = 1e-6,
+        device: torch.device | str = "cpu",
+    ):
         if min_std <= 0:
             raise ValueError(f"min_std must be > 0, got {min_std}")
         self.dim, self.raw_dims, self.min_std = dim, tuple(raw_dims), min_std

@@ -65,27 +65,39 @@ class DiffusionConfig:
         if self.embed_dim % 2:
             raise ValueError(f"DiffusionConfig.embed_dim must be even, got {self.embed_dim}")
         if self.sampling_steps < 2:
-            raise ValueError(f"DiffusionConfig.sampling_steps must be >= 2, got "
-                             f"{self.sampling_steps}")
+            raise ValueError(
+                f"DiffusionConfig.sampling_steps must be >= 2, got {self.sampling_steps}"
+            )
         if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"DiffusionConfig needs 0 < sigma_min < sigma_max, got "
-                             f"{self.sigma_min}, {self.sigma_max}")
+            raise ValueError(
+                f"DiffusionConfig needs 0 < sigma_min < sigma_max, got "
+                f"{self.sigma_min}, {self.sigma_max}"
+            )
         for name in ("sigma_data", "rho", "p_std", "lr", "s_noise"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DiffusionConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.s_churn < 0 or self.weight_decay < 0:
             raise ValueError("DiffusionConfig.s_churn and weight_decay must be >= 0")
         if not 0 <= self.p_conditional < 1:
-            raise ValueError(f"DiffusionConfig.p_conditional must be in [0, 1), got "
-                             f"{self.p_conditional}")
+            raise ValueError(
+                f"DiffusionConfig.p_conditional must be in [0, 1), got {self.p_conditional}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"DiffusionConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
 
     @classmethod
     def paper(cls, **overrides) -> DiffusionConfig:
         """The reference sizes (SynthER/EDIS code): 1024 × 6, 128 stochastic Heun steps."""
-        values = dict(width=1024, blocks=6, sampling_steps=128, s_churn=80.0, s_tmin=0.05,
-                      s_tmax=50.0, s_noise=1.003, train_steps=100_000)
+        values = dict(
+            width=1024,
+            blocks=6,
+            sampling_steps=128,
+            s_churn=80.0,
+            s_tmin=0.05,
+            s_tmax=50.0,
+            s_noise=1.003,
+            train_steps=100_000,
+        )
         return cls(**{**values, **overrides})
 
     @property
@@ -104,22 +116,30 @@ class DiffusionPrior:
     a share p_conditional of training rows is conditioned on one of them.
     """
 
-    def __init__(self, dim: int, config: DiffusionConfig, *, raw_dims: Sequence[int] = (),
-                 condition_masks: Sequence[torch.Tensor] = (),
-                 device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        config: DiffusionConfig,
+        *,
+        raw_dims: Sequence[int] = (),
+        condition_masks: Sequence[torch.Tensor] = (),
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
         self.dim, self.config, self.device = dim, config, torch.device(device)
         self.condition_masks = [m.to(self.device, torch.bool) for m in condition_masks]
-        self._stacked_masks = (torch.stack(self.condition_masks) if self.condition_masks
-                               else None)
+        self._stacked_masks = torch.stack(self.condition_masks) if self.condition_masks else None
         self.normalizer = Normalizer(dim, raw_dims, device=self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.denoiser = EDMDenoiser(dim, config.width, config.blocks, config.sigma_data,
-                                        config.embed_dim).to(self.device)
+            self.denoiser = EDMDenoiser(
+                dim, config.width, config.blocks, config.sigma_data, config.embed_dim
+            ).to(self.device)
         self.ema = EMA(self.denoiser, config.ema_decay)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
-        self.optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay, **fused)
+        self.optimizer = torch.optim.AdamW(
+            self.denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused
+        )
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self._sampler_net: EDMDenoiser | None = None
         self._sampler_net_version = -1
@@ -135,8 +155,9 @@ class DiffusionPrior:
         """One EDM step on a batch of normalised x: E_σ,ε[λ(σ) ‖D_θ(x + σε; σ) − x‖²], the
         norm taken over the dims not given as condition."""
         cfg = self.config
-        sigma = training_sigmas(len(x), cfg.p_mean, cfg.p_std, device=self.device,
-                                generator=self.generator)
+        sigma = training_sigmas(
+            len(x), cfg.p_mean, cfg.p_std, device=self.device, generator=self.generator
+        )
         noise = torch.randn(x.shape, device=self.device, generator=self.generator)
         noisy, known = x + sigma[:, None] * noise, self._training_masks(len(x))
         if known is not None:
@@ -176,7 +197,8 @@ class DiffusionPrior:
         """Whether inpainting given `mask` samples a learned conditional (else replacement)."""
         mask = mask.to(self.device)
         return self.config.p_conditional > 0 and any(
-            torch.equal(mask, m) for m in self.condition_masks)
+            torch.equal(mask, m) for m in self.condition_masks
+        )
 
     def sampler_net(self) -> EDMDenoiser:
         """The EMA denoiser used for sampling (its bfloat16 copy if sample_bf16)."""
@@ -187,9 +209,16 @@ class DiffusionPrior:
             self._sampler_net_version = self.ema.updates
         return self._sampler_net
 
-    def sample(self, n: int, *, guidance: Guidance | None = None, inpaint: Inpaint | None = None,
-               return_trajectory: bool = False, steps: int | None = None,
-               generator: torch.Generator | None = None) -> SamplerOutput:
+    def sample(
+        self,
+        n: int,
+        *,
+        guidance: Guidance | None = None,
+        inpaint: Inpaint | None = None,
+        return_trajectory: bool = False,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SamplerOutput:
         """n normalised samples (and the reverse trajectory) from the EMA denoiser.
 
         Inpainting on one of the condition masks samples the learned conditional (known dims
@@ -199,10 +228,17 @@ class DiffusionPrior:
         if inpaint is not None and self.conditions_on(inpaint.mask):
             denoise = functools.partial(denoise, known=inpaint.mask.to(self.device))
             inpaint = dataclasses.replace(inpaint, renoise=False)
-        return heun_sample(denoise, (n, self.dim), self.sigmas(steps),
-                           churn=self.config.churn, guidance=guidance, inpaint=inpaint,
-                           return_trajectory=return_trajectory,
-                           generator=generator or self.generator, device=self.device)
+        return heun_sample(
+            denoise,
+            (n, self.dim),
+            self.sigmas(steps),
+            churn=self.config.churn,
+            guidance=guidance,
+            inpaint=inpaint,
+            return_trajectory=return_trajectory,
+            generator=generator or self.generator,
+            device=self.device,
+        )
 
     def state_dict(self) -> dict:
         return {

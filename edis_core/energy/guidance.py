@@ -27,8 +27,12 @@ class EnergyGuidance:
     against energy gradients that are large where the energy has seen no data.
     """
 
-    def __init__(self, terms: Sequence[EnergyTerm], max_norm: float | None = None,
-                 sigma_max: float = float("inf")):
+    def __init__(
+        self,
+        terms: Sequence[EnergyTerm],
+        max_norm: float | None = None,
+        sigma_max: float = float("inf"),
+    ):
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
         self.terms = [t for t in terms if t.weight]

@@ -16,15 +16,18 @@ def infonce_loss(positive_energy: torch.Tensor, negative_energy: torch.Tensor) -
     E = −log μ/ν + C, the density ratio of positives μ to negatives ν.
     """
     if negative_energy.ndim != 2 or negative_energy.shape[0] != positive_energy.shape[0]:
-        raise ValueError(f"expected (G,) and (G, K) energies, got {tuple(positive_energy.shape)}"
-                         f" and {tuple(negative_energy.shape)}")
+        raise ValueError(
+            f"expected (G,) and (G, K) energies, got {tuple(positive_energy.shape)}"
+            f" and {tuple(negative_energy.shape)}"
+        )
     logits = -torch.cat([positive_energy[:, None], negative_energy], dim=1)
     target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target)
 
 
-def contrastive_loss(energy: EnergyNet, positives: torch.Tensor, negatives: torch.Tensor,
-                     sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_loss(
+    energy: EnergyNet, positives: torch.Tensor, negatives: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE of one energy on G groups, every member of group g noised to the same σ_g.
 
     positives: (G, d); negatives: (G, K, d); σ: (G,). Returns the loss and the fraction of

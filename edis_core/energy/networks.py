@@ -24,12 +24,19 @@ class EnergyNet(nn.Module):
     layer starts at zero, so an energy guides nothing until it has learned something.
     """
 
-    def __init__(self, in_dim: int, width: int = 128, depth: int = 2, embed_dim: int = 32,
-                 sigma_data: float = 1.0):
+    def __init__(
+        self,
+        in_dim: int,
+        width: int = 128,
+        depth: int = 2,
+        embed_dim: int = 32,
+        sigma_data: float = 1.0,
+    ):
         super().__init__()
         if in_dim < 1 or width < 1 or depth < 1:
-            raise ValueError(f"EnergyNet needs in_dim, width, depth >= 1, got "
-                             f"{in_dim}, {width}, {depth}")
+            raise ValueError(
+                f"EnergyNet needs in_dim, width, depth >= 1, got {in_dim}, {width}, {depth}"
+            )
         self.sigma_data = sigma_data
         self.embed = NoiseEmbedding(embed_dim)
         self.embed_proj = nn.Linear(embed_dim, width)
