@@ -1,4 +1,4 @@
-"""Flat transitions: the one data type shared by datasets, buffers, agents and the diffusion prior."""
+"""Flat transitions: the data type shared by datasets, buffers, agents and the diffusion prior."""
 
 from __future__ import annotations
 

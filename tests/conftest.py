@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -31,3 +32,13 @@ def hopper_dataset(minari_root) -> str:
     make_dataset("Hopper-v5", None, steps=3_000, dataset_id=HOPPER_DATASET, seed=0,
                  progress=False)
     return HOPPER_DATASET
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks run fastest on one thread, and one thread is immune to oversubscription
+    when other processes share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,14 +19,6 @@ OBS_DIM, ACT_DIM = 5, 2
 SMALL = (32, 32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread is faster, and immune to other processes on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_batch(n: int = 64, mc_returns: float | None = None, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)

@@ -22,15 +22,6 @@ from edis_core.diffusion.prior import DiffusionConfig, DiffusionPrior
 from edis_core.transitions import Transitions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_preconditioning_matches_edm_table_1():
     sd = 0.5
     for sigma in (0.002, 0.3, 1.0, 80.0):

@@ -17,15 +17,6 @@ from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.transitions import Transitions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_infonce_loss_is_the_mean_over_groups_of_the_definition():
     g = torch.Generator().manual_seed(0)
     pos, neg = torch.randn(5, generator=g), torch.randn(5, 4, generator=g)
@@ -194,8 +185,9 @@ def test_policy_energy_moves_actions_to_the_policy(seed):
     assert guided < 0.6 * unguided
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed):
+@pytest.mark.parametrize("seed, factorized, margin", [(0, False, 0.75), (1, False, 0.75),
+                                                     (0, True, 0.85)])
+def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed, factorized, margin):
     """The prior learned s' = A s + B a; the real transitions follow s' = A' s + B a."""
     rng = np.random.default_rng(seed)
     b = np.array([[0.5], [-0.3]])
@@ -208,6 +200,7 @@ def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed):
     gen = toy_generator(
         data(20_000, old), seed, 1000, w_state=None, w_policy=None, w_transition=1.0
     )
+    gen.config.factorized_guidance = factorized
     real = data(5000, new)
     gen.train_energies(real, real, no_policy, 400)
 
@@ -217,4 +210,4 @@ def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed):
 
     unguided = dynamics_error(gen.generate(2000, guided=False))
     guided = dynamics_error(gen.generate(2000, guided=True))
-    assert guided < 0.75 * unguided
+    assert guided < margin * unguided

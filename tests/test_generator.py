@@ -15,14 +15,6 @@ from edis_core.transitions import Transitions
 SMALL = DiffusionConfig(width=32, blocks=1, sampling_steps=4, batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one thread each avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def dataset(n: int = 512, seed: int = 0) -> Transitions:
     rng = np.random.default_rng(seed)

@@ -40,3 +40,29 @@ class Agent(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class StochasticActor(Protocol):
+    def sample(self, observations: torch.Tensor, deterministic: bool = False) -> torch.Tensor: ...
+
+    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
+
+
+class ActorPolicy:
+    """The acting half of the Agent interface, for agents whose policy is `self.actor`."""
+
+    actor: StochasticActor
+    device: torch.device
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+        return self.actor.sample(obs, deterministic).cpu().numpy()
+
+    @torch.no_grad()
+    def sample_actions(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.actor.sample(observations)
+
+    @torch.no_grad()
+    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.actor.log_prob(observations, actions)

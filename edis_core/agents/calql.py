@@ -27,9 +27,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from edis_core.agents.base import ActorPolicy
 from edis_core.agents.networks import QEnsemble, TanhGaussianActor, adam, polyak_update
 from edis_core.transitions import Batch
 
@@ -121,7 +121,7 @@ def calibrated_cql_gap(q_data: torch.Tensor, q_random: torch.Tensor, q_current: 
     return (soft_max - q_data).mean(-1)
 
 
-class CalQLAgent:
+class CalQLAgent(ActorPolicy):
     """SAC actor and temperature, twin critics with the calibrated CQL regulariser."""
 
     def __init__(self, config: CalQLConfig, obs_dim: int, act_dim: int,
@@ -217,19 +217,6 @@ class CalQLAgent:
         return dict(zip(("td_loss", "cql_gap", "critic_loss", "actor_loss", "alpha",
                          "alpha_loss", "cql_weight", "q_data", "q_random", "q_policy",
                          "q_target", "entropy"), logs, strict=True))
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
-        return self.actor.sample(obs, deterministic).cpu().numpy()
-
-    @torch.no_grad()
-    def sample_actions(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.actor.sample(observations)
-
-    @torch.no_grad()
-    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.actor.log_prob(observations, actions)
 
     def start_online(self) -> None:
         """Switch to the online conservative weight and calibration setting."""

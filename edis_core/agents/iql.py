@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from edis_core.agents.base import ActorPolicy
 from edis_core.agents.networks import GaussianActor, QEnsemble, ValueNet, adam, polyak_update
 from edis_core.transitions import Batch
 
@@ -74,7 +74,7 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return weight * diff.square()
 
 
-class IQLAgent:
+class IQLAgent(ActorPolicy):
     """IQL with twin target critics, an expectile value net and an advantage-weighted actor."""
 
     def __init__(self, config: IQLConfig, obs_dim: int, act_dim: int,
@@ -131,19 +131,6 @@ class IQLAgent:
                             advantage.mean(), weights.mean()]).tolist()
         return dict(zip(("value_loss", "critic_loss", "actor_loss", "q_mean", "v_mean",
                          "advantage_mean", "weight_mean"), logs, strict=True))
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
-        return self.actor.sample(obs, deterministic).cpu().numpy()
-
-    @torch.no_grad()
-    def sample_actions(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.actor.sample(observations)
-
-    @torch.no_grad()
-    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.actor.log_prob(observations, actions)
 
     def start_online(self) -> None:
         """IQL fine-tunes online with its offline objective unchanged."""

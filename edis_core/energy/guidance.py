@@ -25,6 +25,10 @@ class EnergyGuidance:
     `max_norm` bounds ‖σ·g‖ per sample: σ·g is what guidance adds to the probability-flow
     velocity dx/dσ = (x − D̃)/σ, whose unguided size is about ‖ε‖ ≈ √D. Clipping guards
     against energy gradients that are large where the energy has seen no data.
+
+    `known` (a (D,) bool mask) is for the conditional sampler, which holds those dims clean:
+    the energies were trained on inputs whose known dims are forward-noised to σ, so they
+    are read that way here (fresh ε from `generator`), and get no gradient.
     """
 
     def __init__(
@@ -32,12 +36,16 @@ class EnergyGuidance:
         terms: Sequence[EnergyTerm],
         max_norm: float | None = None,
         sigma_max: float = float("inf"),
+        known: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ):
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
         self.terms = [t for t in terms if t.weight]
         self.max_norm = max_norm
         self.sigma_max = sigma_max
+        self.known = known
+        self.generator = generator
 
     @property
     def active(self) -> bool:
@@ -46,10 +54,15 @@ class EnergyGuidance:
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         if not self.terms or sigma > self.sigma_max:
             return torch.zeros_like(x)
+        if self.known is not None:
+            noise = torch.randn(x.shape, device=x.device, generator=self.generator)
+            x = torch.where(self.known, x + sigma * noise, x)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             total = sum(t.weight * t.net(x[:, t.dims], sigma).sum() for t in self.terms)
             (grad,) = torch.autograd.grad(total, x)
+        if self.known is not None:
+            grad = grad.masked_fill(self.known, 0.0)
         if self.max_norm is not None:
             norm = grad.norm(dim=1, keepdim=True) * sigma
             grad = grad * (self.max_norm / norm.clamp_min(self.max_norm))

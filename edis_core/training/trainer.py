@@ -248,8 +248,8 @@ class Trainer:
         self._maybe_checkpoint(phase, 1)
 
     def _phase_total(self, phase: str) -> int:
-        return {"prior": self.config.edis.diffusion.train_steps, "offline": self.config.offline_steps,
-                "online": self.config.online_steps}[phase]
+        return {"prior": self.config.edis.diffusion.train_steps,
+                "offline": self.config.offline_steps, "online": self.config.online_steps}[phase]
 
     def _evaluate(self, phase: str) -> None:
         result = evaluate(self.agent, self.eval_env, self.scaler, self.config.eval_episodes,
