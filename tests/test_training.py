@@ -19,7 +19,7 @@ TINY = ["offline_steps=40", "online_steps=300", "offline_eval_every=40",
 TINY_SYNTHETIC = ["edis.diffusion.train_steps=60", "schedule.refresh_every=100",
                   "schedule.samples_per_refresh=256", "schedule.buffer_size=512",
                   "edis.energy_steps=10", "schedule.min_positive=50",
-                  "schedule.real_sample=500"]
+                  "schedule.real_sample=500", "schedule.prior_steps_per_refresh=5"]
 
 
 def tiny_config(dataset: str, agent: str = "iql", synthetic: str = "none",
@@ -58,6 +58,7 @@ def test_edis_run_refreshes_guided_synthetic_data(hopper_dataset, tmp_path):
     assert refreshes, "the synthetic buffer was never refreshed"
     assert all(r["generated"] > 0 for r in refreshes)
     assert any(k.startswith("energy/") for k in refreshes[0])
+    assert all(np.isfinite(r["prior_loss"]) for r in refreshes)
     assert len(trainer.synthetic_buffer) > 0
 
 

@@ -31,6 +31,9 @@ class SyntheticSchedule:
     """Guided refreshes wait until the positive buffer holds this many transitions."""
     real_sample: int = 20_000
     """Most recent real transitions used as E_T positives per refresh."""
+    prior_steps_per_refresh: int = 0
+    """Warm-started prior training on offline + online data before each refresh (EDIS.md
+    §2: optional); 0 keeps the prior as it left the offline phase."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -38,8 +41,9 @@ class SyntheticSchedule:
         for name in ("refresh_every", "samples_per_refresh", "buffer_size", "real_sample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"schedule.{name} must be >= 1, got {getattr(self, name)}")
-        if self.min_positive < 0:
-            raise ValueError(f"schedule.min_positive must be >= 0, got {self.min_positive}")
+        for name in ("min_positive", "prior_steps_per_refresh"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"schedule.{name} must be >= 0, got {getattr(self, name)}")
         if self.samples_per_refresh > self.buffer_size:
             raise ValueError("schedule.samples_per_refresh must not exceed schedule.buffer_size "
                              f"({self.samples_per_refresh} > {self.buffer_size})")

@@ -35,9 +35,16 @@ class SyntheticSupply:
             self.schedule.refresh_every)
 
     def refresh(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                offline: Transitions,
                 policy: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
         start = time.perf_counter()
         stats: dict[str, Any] = {"kind": "synthetic", "phase": "online", "step": env_step}
+        if self.schedule.prior_steps_per_refresh:
+            # Online states are off the offline data's support; without this the prior's
+            # s' | (s, a) there is extrapolation.
+            data = Transitions.concatenate([offline, replay.contents()])
+            stats["prior_loss"] = self.generator.train_prior(
+                data, self.schedule.prior_steps_per_refresh)
         if self.guided:
             real = _most_recent(replay, self.schedule.real_sample)
             energy_stats = self.generator.train_energies(
