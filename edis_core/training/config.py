@@ -32,8 +32,8 @@ class SyntheticSchedule:
     real_sample: int = 20_000
     """Most recent real transitions used as E_T positives per refresh."""
     prior_steps_per_refresh: int = 0
-    """Warm-started prior training on offline + online data before each refresh (EDIS.md
-    §2: optional); 0 keeps the prior as it left the offline phase."""
+    """Warm-started prior training before each refresh on all online data and as many
+    offline rows (EDIS.md §2: optional); 0 keeps the prior as it left the offline phase."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

@@ -236,7 +236,7 @@ class Trainer:
         if self.supply is None or not self.supply.due(self.steps["online"], self.positive):
             return
         stats = self.supply.refresh(self.steps["online"], self.positive, self.replay,
-                                    self.offline, self.agent.sample_actions)
+                                    self.offline, self.agent.sample_actions, self.rng)
         self.log.write(stats)
 
     def _after_step(self, phase: str, losses: dict[str, float], eval_every: int) -> None:
