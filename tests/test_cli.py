@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+
 from services.cli import main
 
 
@@ -61,3 +63,36 @@ def test_train_runs_and_resume_of_a_finished_run_completes(hopper_dataset, tmp_p
     assert main(["train", "--resume", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"]["online"] == 50
+
+
+def test_data_make_with_a_trained_policy_writes_its_actions(hopper_dataset, tmp_path, capsys):
+    """The D4RL way of making medium-quality data: run a checkpointed policy."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--agent", "iql", "--dataset", hopper_dataset, "--run-dir",
+                 str(run_dir), "--profile", "smoke", "--set", "offline_steps=20",
+                 "--set", "online_steps=0", "--set", "eval_episodes=1"]) == 0
+    capsys.readouterr()
+    assert main(["data", "make", "--env", "Hopper-v5", "--policy", str(run_dir), "--steps",
+                 "300", "--dataset-id", "cli/hopper-policy-v0"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["transitions"] == 300
+
+    assert main(["data", "make", "--env", "Hopper-v5", "--policy", "random", "--steps",
+                 "300", "--dataset-id", "cli/hopper-random-seed0-v0"]) == 0
+    assert "run" in info["algorithm_name"] or str(run_dir) in info["algorithm_name"]
+
+    from edis_core.data.minari_io import load_dataset
+
+    by_policy = load_dataset("cli/hopper-policy-v0").transitions
+    by_random = load_dataset("cli/hopper-random-seed0-v0").transitions
+    # same seed, same first reset: the datasets differ only through the acting policy
+    np.testing.assert_array_equal(by_policy.observations[0], by_random.observations[0])
+    assert not np.allclose(by_policy.actions[:10], by_random.actions[:10])
+    assert np.all(np.abs(by_policy.actions) <= 1.0)
+
+
+def test_data_make_with_a_missing_policy_directory_is_refused(minari_root, tmp_path, capsys):
+    code = main(["data", "make", "--env", "Hopper-v5", "--policy", str(tmp_path / "none"),
+                 "--steps", "10", "--dataset-id", "cli/never-v0"])
+    assert code == 2
+    assert "run directory" in capsys.readouterr().err
