@@ -79,7 +79,7 @@ def test_data_make_with_a_trained_policy_writes_its_actions(hopper_dataset, tmp_
 
     assert main(["data", "make", "--env", "Hopper-v5", "--policy", "random", "--steps",
                  "300", "--dataset-id", "cli/hopper-random-seed0-v0"]) == 0
-    assert "run" in info["algorithm_name"] or str(run_dir) in info["algorithm_name"]
+    assert info["algorithm_name"] == f"edis data make, policy={run_dir}"
 
     from edis_core.data.minari_io import load_dataset
 
