@@ -104,7 +104,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({err})") from err
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +135,10 @@ def load_profile(name: str) -> dict[str, Any]:
     if not path.is_file():
         available = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"profile {name!r} not found; available profiles: {available}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"profile {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"profile {path} must be a mapping at the top level")
     return data

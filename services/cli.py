@@ -48,8 +48,13 @@ def _checkpoint_policy(run_dir: Path, env_id: str):
     if not run_dir.is_dir():
         raise ValueError(f"--policy must be 'random' or a run directory with a checkpoint; "
                          f"{run_dir} does not exist")
-    agent, _, _ = load_trained_agent(run_dir)
+    agent, _, progress = load_trained_agent(run_dir)
     env = make_env(env_id, seed=0)
+    dims = (env.observation_space.shape, env.action_space.shape)
+    if dims != ((progress["obs_dim"],), (progress["act_dim"],)):
+        raise ValueError(f"the policy in {run_dir} acts on obs/act dims {progress['obs_dim']}/"
+                         f"{progress['act_dim']} ({progress.get('env_id')}); {env_id} has "
+                         f"{dims[0]}/{dims[1]}")
     return env_policy(agent, ActionScaler.for_space(env.action_space))
 
 
@@ -66,13 +71,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from edis_core.training.trainer import Trainer
 
     if args.resume:
+        given = [name for name in ("agent", "dataset", "seed", "synthetic", "device", "run_dir",
+                                   "profile") if getattr(args, name) is not None] + (
+            ["set"] if args.set else [])
+        if given:
+            raise ValueError(f"--resume continues a run with its saved config; drop {given}")
         trainer = Trainer.load(Path(args.resume))
     else:
         if args.run_dir is None:
             raise ValueError("edis train needs --run-dir DIR (or --resume DIR)")
         fields = {"agent": args.agent, "dataset": args.dataset, "seed": args.seed,
                   "synthetic": args.synthetic, "device": args.device}
-        config = build(TrainConfig, args.profile, fields, args.set)
+        config = build(TrainConfig, args.profile or "default", fields, args.set)
         trainer = Trainer.create(config, Path(args.run_dir))
     summary = trainer.run()
     _print_json(summary)
@@ -138,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synthetic", choices=["none", "unguided", "edis"])
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     train.add_argument("--run-dir")
-    train.add_argument("--profile", default="default", help="a YAML profile under configs/")
+    train.add_argument("--profile", help="a YAML profile under configs/ (default: default)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config field, e.g. --set iql.expectile=0.8")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")

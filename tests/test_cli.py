@@ -96,3 +96,16 @@ def test_data_make_with_a_missing_policy_directory_is_refused(minari_root, tmp_p
                  "--steps", "10", "--dataset-id", "cli/never-v0"])
     assert code == 2
     assert "run directory" in capsys.readouterr().err
+
+
+def test_resume_refuses_flags_it_would_ignore(hopper_dataset, tmp_path, capsys):
+    code = main(["train", "--resume", str(tmp_path), "--set", "online_steps=5"])
+    assert code == 2
+    assert "drop ['set']" in capsys.readouterr().err
+
+
+def test_override_that_is_not_yaml_is_a_config_error(hopper_dataset, tmp_path, capsys):
+    code = main(["train", "--dataset", hopper_dataset, "--run-dir", str(tmp_path / "r"),
+                 "--set", "dataset=["])
+    assert code == 2
+    assert "not valid YAML" in capsys.readouterr().err

@@ -134,3 +134,25 @@ def test_online_prior_data_is_all_online_rows_and_as_many_offline_rows():
     assert len(mixed) == 60 and mixed.rewards.sum() == 30
     few_offline = _balanced(offline.take(slice(0, 10)), online, np.random.default_rng(0))
     assert len(few_offline) == 40
+
+
+def test_a_crash_between_checkpoint_renames_falls_back_to_the_previous_one(hopper_dataset,
+                                                                          tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = Trainer.create(tiny_config(hopper_dataset, "iql", extra=["online_steps=0"]), run_dir)
+    trainer.run()
+    (run_dir / "checkpoint").rename(run_dir / "checkpoint.old")
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer.create(tiny_config(hopper_dataset, "iql"), run_dir)
+    assert Trainer.load(run_dir).steps == trainer.steps
+
+
+def test_a_torn_metrics_line_does_not_block_resume(hopper_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer.create(tiny_config(hopper_dataset, "iql", extra=["online_steps=0"]), run_dir).run()
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "pha')
+    summary = Trainer.load(run_dir).run()
+    assert summary["status"] == "completed"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)

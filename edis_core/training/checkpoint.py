@@ -51,9 +51,17 @@ def save(run_dir: Path, state: dict[str, Any], progress: dict[str, Any],
     return final
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"))
+
+
 def load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
-    """Return (state, progress, checkpoint directory) or raise CheckpointError."""
+    """Return (state, progress, checkpoint directory) or raise CheckpointError.
+
+    A crash between the two renames of `save` leaves only `checkpoint.old`: use it."""
     directory = checkpoint_path(run_dir)
+    if not directory.exists() and (run_dir / f"{CHECKPOINT_DIR}.old").exists():
+        directory = run_dir / f"{CHECKPOINT_DIR}.old"
     if not (directory / PROGRESS_FILE).is_file():
         raise CheckpointError(
             f"no checkpoint in {run_dir}: expected {directory / PROGRESS_FILE}. "

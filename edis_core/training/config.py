@@ -95,6 +95,10 @@ class TrainConfig:
                      "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        reward_transform = (self.calql.reward_scale, self.calql.reward_bias)
+        if self.agent == "calql" and reward_transform != (1.0, 0.0):
+            raise ValueError("calql.reward_scale/reward_bias other than 1/0 are not supported by "
+                             "the training loop: its Monte-Carlo returns use raw rewards")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
 

@@ -28,7 +28,12 @@ def load_trained_agent(run_dir: Path, device: str = "cpu") -> tuple[Agent, Train
     state, progress, _ = checkpoint.load(run_dir)
     agent = make_agent(config.agent, config.agent_config, progress["obs_dim"],
                        progress["act_dim"], resolve_device(device))
-    agent.load_state_dict(state["agent"])
+    try:
+        agent.load_state_dict(state["agent"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise checkpoint.CheckpointError(
+            f"the agent in {run_dir} does not match its config ({type(err).__name__}: {err})"
+        ) from err
     return agent, config, progress
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,24 @@ class MetricsLog:
             f.write(json.dumps(_clean(record)) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
+        """Every complete record; a line torn by a hard kill is skipped."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
 
     def truncate_after(self, phase_steps: dict[str, int]) -> None:
         """Keep only records at or before the checkpoint's step in each phase."""
         kept = [r for r in self.records()
                 if r.get("step", 0) <= phase_steps.get(r.get("phase", ""), math.inf)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:

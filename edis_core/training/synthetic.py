@@ -30,7 +30,7 @@ class SyntheticSupply:
         self.last_refresh: int | None = None
 
     def due(self, env_step: int, positives: PositiveBuffer) -> bool:
-        if self.guided and len(positives) < self.schedule.min_positive:
+        if self.guided and len(positives) < max(1, self.schedule.min_positive):
             return False
         return self.last_refresh is None or env_step - self.last_refresh >= (
             self.schedule.refresh_every)
@@ -50,6 +50,7 @@ class SyntheticSupply:
                 positives.contents(), real, policy, self.generator.config.energy_steps)
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
         samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
+        np.clip(samples.actions, -1.0, 1.0, out=samples.actions)  # the agents' action box
         self.buffer.add(samples)
         self.last_refresh = env_step
         stats.update(generated=len(samples), buffer=len(self.buffer),

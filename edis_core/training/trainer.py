@@ -107,7 +107,7 @@ class Trainer:
     # ----------------------------------------------------------------- running
     @classmethod
     def create(cls, config: TrainConfig, run_dir: Path) -> Trainer:
-        if checkpoint.checkpoint_path(run_dir).exists():
+        if checkpoint.has_checkpoint(run_dir):
             raise ValueError(f"{run_dir} already holds a run; continue it with "
                              f"`edis train --resume {run_dir}` or choose another --run-dir")
         trainer = cls(config, run_dir)
@@ -123,7 +123,10 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                 "start a run with `edis train --run-dir DIR` first")
-        config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
+        try:
+            config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
+        except yaml.YAMLError as err:
+            raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
         trainer = cls(config, run_dir)
         trainer._restore()
         return trainer
@@ -132,22 +135,20 @@ class Trainer:
         self.log.truncate_after(self.steps)  # a resumed run rewrites what followed its checkpoint
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        try:  # handlers stay ours until the final checkpoint is on disk
             if self.phase == "prior":
                 self._run_prior()
             if self.phase == "offline" and not self._stopping:
                 self._run_offline()
             if self.phase == "online" and not self._stopping:
                 self._run_online()
+            if not self._stopping:
+                self.phase = "done"
+            self.save_checkpoint()
+            return self._finish(status="interrupted" if self._stopping else "completed")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if self._stopping:
-            self.save_checkpoint()
-            return self._finish(status="interrupted")
-        self.phase = "done"
-        self.save_checkpoint()
-        return self._finish(status="completed")
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stop_signal = signum
@@ -194,8 +195,8 @@ class Trainer:
             self.obs, _ = self.env.reset(seed=self.config.seed + self.steps["online"])
         with self._progress("online fine-tuning", "online", total) as bar:
             while self.steps["online"] < total and not self._stopping:
+                self.steps["online"] += 1  # first, so an episode ending now is logged at it
                 self._env_step()
-                self.steps["online"] += 1
                 bar.update(1)
                 self._maybe_refresh()
                 losses: dict[str, float] = {}
@@ -273,6 +274,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         state: dict[str, Any] = {"agent": self.agent.state_dict(),
                                  "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         buffers: dict[str, Any] = {"replay": self.replay, "positive": self.positive}
         if self.supply is not None:
             state["generator"] = self.supply.generator.state_dict()
@@ -291,6 +294,8 @@ class Trainer:
         try:
             self.agent.load_state_dict(state["agent"])
             torch.set_rng_state(state["torch_rng"])
+            if self.device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.replay = ReplayBuffer.load(directory / "replay.npz")
             self.positive = PositiveBuffer.load(directory / "positive.npz")
             if self.supply is not None:
@@ -300,7 +305,7 @@ class Trainer:
                 self.supply.last_refresh = progress["last_refresh"]
             self.rng.bit_generator.state = progress["numpy_rng"]
             self.phase, self.steps = progress["phase"], progress["steps"]
-        except (KeyError, ValueError, RuntimeError) as err:
+        except (KeyError, ValueError, RuntimeError, OSError, TypeError) as err:
             raise checkpoint.CheckpointError(
                 f"checkpoint in {directory} does not match this run's configuration "
                 f"({type(err).__name__}: {err})") from err
