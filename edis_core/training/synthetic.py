@@ -65,7 +65,7 @@ def _balanced(offline: Transitions, online: Transitions,
     Guided samples sit where the policy goes, off the offline data's support; there the
     prior's s' | (s, a) is what the online rows teach it, and offline rows that outnumber
     them would drown that out. On the Hopper demo, online prior training brought guided
-    next states from 8x to 1.9x the unguided error against the simulator (README).
+    next states from 8x to about 2x the unguided error against the simulator (README).
     """
     n = min(len(offline), len(online))
     return Transitions.concatenate([offline.take(rng.integers(0, len(offline), n)), online])
