@@ -198,12 +198,8 @@ class SyntheticGenerator:
         positive mode 46% of the time (unguided 25%) where an independent s' gives ~100%.
         """
         self._require_prior()
-        pools, passes = self._contrastive_pools(positives, real, policy)
-        evaluations = (
-            passes
-            * self.config.negative_trajectories
-            * self.config.diffusion.evaluations_per_sample
-        )
+        pools = self._contrastive_pools(positives, real, policy)
+        evaluations = self.refresh_evaluations()
         self.denoiser_evaluations += evaluations
         sigmas = self.prior.sigmas()[:-1].to(self.device, torch.float32)
         levels = torch.nonzero(sigmas <= self.config.guidance_sigma_max).squeeze(1)
@@ -237,9 +233,9 @@ class SyntheticGenerator:
 
     def _contrastive_pools(
         self, positives: Transitions, real: Transitions, policy: Policy
-    ) -> tuple[dict[str, ContrastivePool], int]:
-        """Positives and negatives of each energy at every sampler level σ_i (§5 table), and
-        the number of sampling passes (of `negative_trajectories` samples each) they cost.
+    ) -> dict[str, ContrastivePool]:
+        """Positives and negatives of each energy at every sampler level σ_i (§5 table); their
+        sampling cost is `refresh_evaluations()`.
 
         Negatives are the states x_σi of the prior's reverse trajectories, each used at its
         own level: one unconditional pass serves E_s and E_π, one pass inpainting
@@ -250,10 +246,9 @@ class SyntheticGenerator:
         share the real (s, a).
         """
         layout, m, energies = self.layout, self.config.negative_trajectories, self.energies
-        pools, passes = {}, 0
+        pools = {}
         if "state" in energies or "policy" in energies:
             out = self.prior.sample(m, return_trajectory=True)
-            passes += 1
             if "state" in energies:
                 clean = self._normalize(layout.to_array(positives))
                 pools["state"] = ContrastivePool(out.trajectory, clean)
@@ -267,11 +262,10 @@ class SyntheticGenerator:
                 clean[self._draw(len(clean), m)], layout.mask("state_action", device=self.device)
             )
             trajectory = self.prior.sample(m, inpaint=known, return_trajectory=True).trajectory
-            passes += 1
             if self.prior.conditions_on(known.mask):
                 trajectory = self._noise_known(trajectory, known.mask)
             pools["transition"] = ContrastivePool(trajectory, clean)
-        return pools, passes
+        return pools
 
     def _noise_known(self, trajectory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The conditional sampler holds the given (s, a) clean; noise them to each level σ_i
@@ -352,8 +346,9 @@ class SyntheticGenerator:
         linear toy of tests/test_energy_guidance.py the joint pass corrects s' better
         (0.074-0.080 against 0.086-0.109, unguided 0.14).
         """
-        if not self.config.factorized_guidance or self.guidance() is None:
-            return self.prior.sample(m, guidance=self.guidance()).x
+        joint = self.guidance()
+        if not self.config.factorized_guidance or joint is None:
+            return self.prior.sample(m, guidance=joint).x
         state_action = self.prior.sample(m, guidance=self.guidance(("state", "policy"))).x
         mask = self.layout.mask("state_action", device=self.device)
         known = Inpaint(state_action, mask)

@@ -42,7 +42,7 @@ def save(run_dir: Path, state: dict[str, Any], progress: dict[str, Any],
     (tmp / PROGRESS_FILE).write_text(json.dumps(progress, indent=1))
     for name, buffer in buffers.items():
         buffer.save(tmp / f"{name}.npz")
-    old = run_dir / f"{CHECKPOINT_DIR}.old"
+    old = _previous_path(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -51,8 +51,13 @@ def save(run_dir: Path, state: dict[str, Any], progress: dict[str, Any],
     return final
 
 
+def _previous_path(run_dir: Path) -> Path:
+    """Where `save` parks the previous checkpoint while the new one is renamed into place."""
+    return run_dir / f"{CHECKPOINT_DIR}.old"
+
+
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"))
+    return checkpoint_path(run_dir).exists() or _previous_path(run_dir).exists()
 
 
 def load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
@@ -60,8 +65,8 @@ def load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
 
     A crash between the two renames of `save` leaves only `checkpoint.old`: use it."""
     directory = checkpoint_path(run_dir)
-    if not directory.exists() and (run_dir / f"{CHECKPOINT_DIR}.old").exists():
-        directory = run_dir / f"{CHECKPOINT_DIR}.old"
+    if not directory.exists() and _previous_path(run_dir).exists():
+        directory = _previous_path(run_dir)
     if not (directory / PROGRESS_FILE).is_file():
         raise CheckpointError(
             f"no checkpoint in {run_dir}: expected {directory / PROGRESS_FILE}. "
