@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edis_core.diffusion.layout import TransitionLayout
 from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.transitions import Transitions
@@ -84,7 +83,7 @@ def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
             ),
             generate_batch=SAMPLE_BATCH,
         )
-        gen = SyntheticGenerator(TransitionLayout(OBS_DIM, ACT_DIM), config, seed=0)
+        gen = SyntheticGenerator(OBS_DIM, ACT_DIM, config, seed=0)
         gen.train_prior(data, 1)
         x = gen.prior.normalizer.normalize(
             torch.as_tensor(gen.layout.to_array(data.take(slice(0, 4096))))

@@ -58,6 +58,8 @@ class EDISConfig:
     # Guided sampling in two passes, (s, a) then (r, s', done) given (s, a): see
     # SyntheticGenerator._sample_guided. False: one joint pass with all energies (§6).
     factorized_guidance: bool = False
+    # Model s' − s in the next-state slot of x (see TransitionLayout); False: s' itself.
+    next_state_delta: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
@@ -111,7 +113,8 @@ class SyntheticGenerator:
 
     def __init__(
         self,
-        layout: TransitionLayout,
+        obs_dim: int,
+        act_dim: int,
         config: EDISConfig | None = None,
         mode: str = "edis",
         device: torch.device | str = "cpu",
@@ -119,9 +122,10 @@ class SyntheticGenerator:
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.layout, self.config, self.mode = layout, config or EDISConfig(), mode
-        self.device = torch.device(device)
+        self.config, self.mode = config or EDISConfig(), mode
         cfg = self.config
+        self.layout = layout = TransitionLayout(obs_dim, act_dim, cfg.next_state_delta)
+        self.device = torch.device(device)
         self.prior = DiffusionPrior(
             layout.dim,
             cfg.diffusion,
@@ -406,7 +410,8 @@ class SyntheticGenerator:
     ) -> SyntheticGenerator:
         """Rebuilds a generator (config, layout, weights) from `state_dict()` output."""
         generator = cls(
-            TransitionLayout(state["obs_dim"], state["act_dim"]),
+            state["obs_dim"],
+            state["act_dim"],
             EDISConfig(**state["config"]),
             mode or state["mode"],
             device,

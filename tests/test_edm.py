@@ -225,8 +225,9 @@ def test_normalizer_round_trip_and_constant_dims():
     assert torch.equal(other.normalize(t), z)
 
 
-def test_layout_round_trip_thresholds_done():
-    layout = TransitionLayout(3, 2)
+@pytest.mark.parametrize("delta", [False, True])
+def test_layout_round_trip_thresholds_done(delta):
+    layout = TransitionLayout(3, 2, next_state_delta=delta)
     assert layout.dim == 3 + 2 + 1 + 3 + 1
     assert layout.index("next_state").tolist() == [6, 7, 8]
     assert layout.mask("state", "action").tolist() == [True] * 5 + [False] * 5
@@ -243,9 +244,12 @@ def test_layout_round_trip_thresholds_done():
     )
     x = layout.to_array(t)
     assert x.shape == (n, 10)
+    expected_slot = t.next_observations - t.observations if delta else t.next_observations
+    np.testing.assert_array_equal(x[:, layout.next_state], expected_slot)
     back = layout.to_transitions(x)
-    for name in ("observations", "actions", "rewards", "next_observations", "terminals"):
+    for name in ("observations", "actions", "rewards", "terminals"):
         np.testing.assert_array_equal(getattr(back, name), getattr(t, name))
+    np.testing.assert_allclose(back.next_observations, t.next_observations, atol=1e-6)
     assert (back.timeouts == 0).all() and np.isneginf(back.mc_returns).all()
     x[:, layout.done.start] = [0.49, 0.51, -3.0, 2.0] * 5
     assert back.terminals.dtype == np.float32

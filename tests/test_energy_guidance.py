@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from edis_core.diffusion.layout import TransitionLayout
 from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.energy.guidance import EnergyGuidance, EnergyTerm
 from edis_core.energy.infonce import contrastive_loss, infonce_loss
@@ -119,9 +118,9 @@ def transitions(s, a, r, s2) -> Transitions:
     )
 
 
-def toy_generator(data: Transitions, seed: int, prior_steps: int, **weights) -> SyntheticGenerator:
-    config = EDISConfig(diffusion=TOY_DIFFUSION, negative_trajectories=1024, **weights)
-    generator = SyntheticGenerator(TransitionLayout(data.obs_dim, data.act_dim), config, seed=seed)
+def toy_generator(data: Transitions, seed: int, prior_steps: int, **options) -> SyntheticGenerator:
+    config = EDISConfig(diffusion=TOY_DIFFUSION, negative_trajectories=1024, **options)
+    generator = SyntheticGenerator(data.obs_dim, data.act_dim, config, seed=seed)
     generator.train_prior(data, prior_steps)
     return generator
 
@@ -134,16 +133,16 @@ def no_policy(observations: torch.Tensor) -> torch.Tensor:
 def test_state_energy_moves_samples_to_the_positive_buffer(seed):
     """Prior: 4 equal modes in a 2-D state. Positive buffer: one mode only.
 
-    r and s' are independent of s here: E_s reads s only (§5), so it cannot account for
-    dims that also inform s (see SyntheticGenerator.train_energies)."""
+    s' = s + small noise, as in locomotion; the generator models s' − s (next_state_delta),
+    which is then independent of s. E_s reads s only (§5), so it cannot account for other
+    dims of x that also inform s (see SyntheticGenerator.train_energies)."""
     rng = np.random.default_rng(seed)
     modes = np.array([[2, 2], [2, -2], [-2, 2], [-2, -2]])
 
     def data(n, allowed):
         s = modes[rng.choice(allowed, n)] + 0.3 * rng.standard_normal((n, 2))
-        return transitions(
-            s, rng.uniform(-1, 1, (n, 1)), rng.standard_normal(n), rng.standard_normal((n, 2))
-        )
+        s_next = s + 0.1 * rng.standard_normal((n, 2))
+        return transitions(s, rng.uniform(-1, 1, (n, 1)), rng.standard_normal(n), s_next)
 
     gen = toy_generator(
         data(20_000, [0, 1, 2, 3]), seed, 1200, w_state=1.0, w_policy=None, w_transition=None
@@ -185,10 +184,18 @@ def test_policy_energy_moves_actions_to_the_policy(seed):
     assert guided < 0.6 * unguided
 
 
-@pytest.mark.parametrize("seed, factorized, margin", [(0, False, 0.75), (1, False, 0.75),
-                                                     (0, True, 0.85)])
-def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed, factorized, margin):
-    """The prior learned s' = A s + B a; the real transitions follow s' = A' s + B a."""
+@pytest.mark.parametrize(
+    "seed, delta, factorized, margin",
+    [(0, True, False, 0.85), (1, True, False, 0.85), (0, False, False, 0.75),
+     (0, False, True, 0.85)],
+)
+def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed, delta, factorized,
+                                                                  margin):
+    """The prior learned s' = A s + B a; the real transitions follow s' = A' s + B a.
+
+    Guided/unguided error over seeds 0-2: joint 0.57-0.76 with s' − s modelled
+    (next_state_delta), 0.53-0.58 with s'; factorised 0.62-0.77 with s' (0.82-0.99 with
+    s' − s, too close to 1 to assert)."""
     rng = np.random.default_rng(seed)
     b = np.array([[0.5], [-0.3]])
     old, new = np.array([[0.9, 0.2], [-0.2, 0.9]]), np.array([[0.6, 0.5], [-0.5, 0.6]])
@@ -198,7 +205,8 @@ def test_transition_energy_pulls_next_states_to_the_real_dynamics(seed, factoriz
         return transitions(s, a, s[:, 0] + 0.1 * a[:, 0], s @ a_matrix.T + a @ b.T)
 
     gen = toy_generator(
-        data(20_000, old), seed, 1000, w_state=None, w_policy=None, w_transition=1.0
+        data(20_000, old), seed, 1000, w_state=None, w_policy=None, w_transition=1.0,
+        next_state_delta=delta,
     )
     gen.config.factorized_guidance = factorized
     real = data(5000, new)

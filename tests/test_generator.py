@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from edis_core.diffusion.edm import SamplerOutput
-from edis_core.diffusion.layout import TransitionLayout
 from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.transitions import Transitions
@@ -40,7 +39,7 @@ def generator(seed: int = 0, **overrides) -> SyntheticGenerator:
         generate_batch=50,
         **overrides,
     )
-    return SyntheticGenerator(TransitionLayout(3, 2), config, seed=seed)
+    return SyntheticGenerator(3, 2, config, seed=seed)
 
 
 def policy_recording(seen: list):
@@ -70,7 +69,7 @@ def test_config_validation():
         with pytest.raises(ValueError, match=next(iter(bad))):
             EDISConfig(**bad)
     with pytest.raises(ValueError, match="mode"):
-        SyntheticGenerator(TransitionLayout(3, 2), mode="guided")
+        SyntheticGenerator(3, 2, mode="guided")
     assert EDISConfig(diffusion={"width": 8}).diffusion.width == 8
 
 
@@ -111,7 +110,7 @@ def test_train_energies_metrics_cost_and_raw_policy_inputs():
 
 
 def test_refresh_cost_at_paper_size_is_under_a_twentieth_of_the_reference():
-    gen = SyntheticGenerator(TransitionLayout(11, 3), EDISConfig(diffusion=DiffusionConfig.paper()))
+    gen = SyntheticGenerator(11, 3, EDISConfig(diffusion=DiffusionConfig.paper()))
     assert gen.refresh_evaluations() <= 92e6 / 20
 
 
@@ -176,6 +175,6 @@ def test_state_dict_round_trip_through_weights_only_load():
         for p, q in zip(net.parameters(), other.energies[name].parameters(), strict=True):
             assert torch.equal(p, q)
     with pytest.raises(ValueError, match="obs/act"):
-        SyntheticGenerator(TransitionLayout(4, 2)).load_state_dict(state)
+        SyntheticGenerator(4, 2).load_state_dict(state)
     with pytest.raises(ValueError, match="energies"):
         generator(w_policy=None).load_energy_state_dict(state["energies"])

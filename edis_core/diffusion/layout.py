@@ -13,12 +13,21 @@ PARTS = ("state", "action", "reward", "next_state", "done", "state_action")
 
 
 class TransitionLayout:
-    """Where each part of a transition sits in x = [s, a, r, s', done] (EDIS.md §2)."""
+    """Where each part of a transition sits in x = [s, a, r, s', done] (EDIS.md §2).
 
-    def __init__(self, obs_dim: int, act_dim: int):
+    With `next_state_delta` the next-state slot holds s' − s instead of s'. The map is linear
+    with unit Jacobian, so every density and density ratio of EDIS (Theorem 3.1) is the same
+    in either coordinate system; what changes is what a finite model gets right. In
+    locomotion s' − s is 2-30x narrower than s' per dim, so the same normalised error is that
+    much smaller in s', and a guidance step that moves s carries s' along with it instead of
+    leaving it where it was (README, "Dynamics fidelity").
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, next_state_delta: bool = False):
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.next_state_delta = next_state_delta
         o, a = obs_dim, act_dim
         self.state = slice(0, o)
         self.action = slice(o, o + a)
@@ -57,7 +66,9 @@ class TransitionLayout:
                 t.observations,
                 t.actions,
                 t.rewards.reshape(-1, 1),
-                t.next_observations,
+                t.next_observations - t.observations
+                if self.next_state_delta
+                else t.next_observations,
                 t.terminals.reshape(-1, 1),
             ],
             axis=1,
@@ -71,11 +82,14 @@ class TransitionLayout:
             raise ValueError(f"expected an (N, {self.dim}) array, got shape {x.shape}")
         x = np.asarray(x, dtype=np.float32)
         n = len(x)
+        next_observations = x[:, self.next_state].copy()
+        if self.next_state_delta:
+            next_observations += x[:, self.state]
         return Transitions(
             observations=x[:, self.state].copy(),
             actions=x[:, self.action].copy(),
             rewards=x[:, self.reward.start].copy(),
-            next_observations=x[:, self.next_state].copy(),
+            next_observations=next_observations,
             terminals=(x[:, self.done.start] > 0.5).astype(np.float32),
             timeouts=np.zeros(n, np.float32),
             mc_returns=np.full(n, -np.inf, np.float32),

@@ -25,7 +25,6 @@ from edis_core.agents import make_agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
-from edis_core.diffusion.layout import TransitionLayout
 from edis_core.generator import SyntheticGenerator
 from edis_core.training import checkpoint
 from edis_core.training.config import TrainConfig
@@ -99,7 +98,7 @@ class Trainer:
         mode = self.config.synthetic
         if mode == "none":
             return None
-        generator = SyntheticGenerator(TransitionLayout(obs_dim, act_dim), self.config.edis,
+        generator = SyntheticGenerator(obs_dim, act_dim, self.config.edis,
                                        mode=mode, device=self.device, seed=self.config.seed)
         return SyntheticSupply(generator, self.config.schedule, guided=mode == "edis",
                                buffer=self.synthetic_buffer)
