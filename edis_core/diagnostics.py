@@ -166,7 +166,7 @@ def _excluded_root_positions(env: gym.Env) -> int:
                      f"qpos[k:] + qvel (nq={nq}, nv={nv}) for k in 0, 1, 2")
 
 
-def dynamics_fidelity(env_id: str, transitions: Transitions, max_samples: int = 500,
+def dynamics_fidelity(env_id: str, transitions: Transitions, max_samples: int = 2000,
                       seed: int = 0, scale: np.ndarray | None = None) -> dict:
     """Error of generated (s', r, done) against the simulator stepped from (s, a).
 
@@ -190,6 +190,10 @@ def dynamics_fidelity(env_id: str, transitions: Transitions, max_samples: int = 
     Errors are means over samples of per-sample means over dims; `normalised` ones divide
     each dim of s' by `scale` (default: per-dim std of the simulator's next states; pass a
     common scale to compare several batches). Rows with non-finite values are skipped.
+    Hopper and Walker2d pay their healthy reward only while the next state is healthy, so r
+    jumps by that bonus at the termination boundary: `reward_mse_terminated` (rows the
+    simulator terminates, `terminated_fraction` of them) and `reward_mse_not_terminated`
+    show how much of the reward error sits on that boundary (None when there are no rows).
     """
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
@@ -236,9 +240,16 @@ def dynamics_fidelity(env_id: str, transitions: Transitions, max_samples: int = 
         "next_obs_normalised_mae": float(np.abs(err / scale).mean()),
         "reward_mse": float((reward_err ** 2).mean()),
         "reward_mae": float(np.abs(reward_err).mean()),
+        "terminated_fraction": float(true_terminal.mean()),
+        "reward_mse_terminated": _mean_or_none(reward_err[true_terminal] ** 2),
+        "reward_mse_not_terminated": _mean_or_none(reward_err[~true_terminal] ** 2),
         "terminal_agreement": float(((rows.terminals > 0.5) == true_terminal).mean()),
         "velocity_clipped_fraction": float(clipped.any(1).mean()),
     }
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
 
 
 # --- (d) validity ----------------------------------------------------------------------------
@@ -313,7 +324,7 @@ def _less(a: float | None, b: float | None) -> bool | None:
 
 def compare(guided: Transitions, unguided: Transitions, positives: Transitions,
             reference: Transitions, agent: Agent, env_id: str | None,
-            action_low: np.ndarray, action_high: np.ndarray, max_samples: int = 500,
+            action_low: np.ndarray, action_high: np.ndarray, max_samples: int = 2000,
             seed: int = 0) -> dict:
     """JSON-ready report on a guided and an unguided batch, with a verdict.
 

@@ -98,8 +98,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Make the embedded dataset if missing, run EDIS offline->online, diagnose it."""
+def ensure_demo_dataset() -> None:
+    """Write the embedded dataset (Hopper-v5, random policy) unless it is already there."""
     from edis_core.data.minari_io import DatasetError, dataset_info, make_dataset
 
     try:
@@ -107,6 +107,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except DatasetError:
         print(f"making the embedded dataset {DEMO_DATASET} ({DEMO_STEPS} random steps)")
         make_dataset(DEMO_ENV, None, steps=DEMO_STEPS, dataset_id=DEMO_DATASET, seed=0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Make the embedded dataset if missing, run EDIS offline->online, diagnose it."""
+    ensure_demo_dataset()
     run_dir = Path(args.run_dir)
     train_args = ["train", "--profile", "demo", "--dataset", DEMO_DATASET,
                   "--synthetic", "edis", "--run-dir", str(run_dir)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
@@ -172,6 +173,18 @@ def test_dynamics_fidelity_near_zero_on_real_transitions(env_id):
     noisy = dynamics_fidelity(env_id, perturbed(real, 0.1), max_samples=400)
     assert noisy["next_obs_normalised_mse"] > 1e-3 > 1e5 * report["next_obs_normalised_mse"]
     assert noisy["reward_mae"] > 5 * report["reward_mae"]
+
+
+def test_dynamics_fidelity_splits_the_reward_error_at_termination():
+    real = rollout("Hopper-v5", 400, seed=2)
+    terminal = real.terminals > 0.5
+    assert terminal.any() and not terminal.all()
+    # a generator that misses the healthy bonus's drop on terminating transitions
+    bonus_kept = dataclasses.replace(real, rewards=real.rewards + terminal.astype(np.float32))
+    report = dynamics_fidelity("Hopper-v5", bonus_kept, max_samples=400)
+    assert report["terminated_fraction"] == pytest.approx(terminal.mean())
+    assert report["reward_mse_terminated"] == pytest.approx(1.0, abs=1e-4)
+    assert report["reward_mse_not_terminated"] < 1e-8
 
 
 def test_dynamics_fidelity_walker_exact_where_velocity_not_clipped():

@@ -178,3 +178,5 @@ def test_state_dict_round_trip_through_weights_only_load():
         SyntheticGenerator(4, 2).load_state_dict(state)
     with pytest.raises(ValueError, match="energies"):
         generator(w_policy=None).load_energy_state_dict(state["energies"])
+    with pytest.raises(ValueError, match="next_state_delta=true"):
+        SyntheticGenerator(3, 2, EDISConfig(next_state_delta=False)).load_state_dict(state)
