@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. edis.w_policy=1.0")
     parser.add_argument("--runs-root", type=Path, default=Path("runs/guidance"))
-    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("results/guidance_seeds.json"))
     args = parser.parse_args()
 

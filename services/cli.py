@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagnose = commands.add_parser("diagnose", help="guided vs unguided sample diagnostics")
     diagnose.add_argument("run_dir")
-    diagnose.add_argument("--samples", type=int, default=2_000)
+    diagnose.add_argument("--samples", type=int, default=10_000,
+                          help="guided and unguided samples each (default 10,000)")
     diagnose.add_argument("--seed", type=int, default=0)
     diagnose.set_defaults(func=cmd_diagnose)
 

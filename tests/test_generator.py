@@ -37,7 +37,7 @@ def generator(seed: int = 0, **overrides) -> SyntheticGenerator:
         energy_groups=8,
         negatives=3,
         generate_batch=50,
-        **overrides,
+        **{"guidance_sigma_min": 0.0, **overrides},  # the 4-step sampler has no level >= 2
     )
     return SyntheticGenerator(3, 2, config, seed=seed)
 
@@ -65,11 +65,16 @@ def test_config_validation():
         {"energy_embed_dim": 3},
         {"energy_lr": 0.0},
         {"negative_trajectories": 0},
+        {"guidance_sigma_min": 5.0},
+        {"guidance_sigma_min": -1.0},
+        {"guidance_sigma_max": 0.0},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             EDISConfig(**bad)
     with pytest.raises(ValueError, match="mode"):
         SyntheticGenerator(3, 2, mode="guided")
+    with pytest.raises(ValueError, match="guidance interval"):
+        generator(guidance_sigma_min=2.0)  # 4 steps: levels 80, 9.7, 0.47, 0.002
     assert EDISConfig(diffusion={"width": 8}).diffusion.width == 8
 
 

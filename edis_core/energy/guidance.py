@@ -26,6 +26,9 @@ class EnergyGuidance:
     velocity dx/dσ = (x − D̃)/σ, whose unguided size is about ‖ε‖ ≈ √D. Clipping guards
     against energy gradients that are large where the energy has seen no data.
 
+    Guidance acts for σ in [sigma_min, sigma_max] only (a guidance interval): below
+    sigma_min the prior alone finishes denoising.
+
     `known` (a (D,) bool mask) is for the conditional sampler, which holds those dims clean:
     the energies were trained on inputs whose known dims are forward-noised to σ, so they
     are read that way here (fresh ε from `generator`), and get no gradient.
@@ -37,13 +40,16 @@ class EnergyGuidance:
         max_norm: float | None = None,
         sigma_max: float = float("inf"),
         known: torch.Tensor | None = None,
+        sigma_min: float = 0.0,
         generator: torch.Generator | None = None,
     ):
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
         self.terms = [t for t in terms if t.weight]
         self.max_norm = max_norm
-        self.sigma_max = sigma_max
+        if not 0 <= sigma_min < sigma_max:
+            raise ValueError(f"need 0 <= sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.known = known
         self.generator = generator
 
@@ -52,7 +58,7 @@ class EnergyGuidance:
         return bool(self.terms)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        if not self.terms or sigma > self.sigma_max:
+        if not self.terms or not self.sigma_min <= sigma <= self.sigma_max:
             return torch.zeros_like(x)
         if self.known is not None:
             noise = torch.randn(x.shape, device=x.device, generator=self.generator)

@@ -19,7 +19,7 @@ from edis_core.training.trainer import Trainer
 from edis_core.transitions import Transitions
 
 
-def diagnose_run(run_dir: Path, samples: int = 2_000, seed: int = 0) -> dict[str, Any]:
+def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
     trainer = Trainer.load(run_dir)
     if trainer.supply is None:
         raise ValueError(f"{run_dir} was trained with synthetic=none: it has no diffusion prior "
