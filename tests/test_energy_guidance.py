@@ -169,6 +169,38 @@ def test_state_energy_moves_samples_to_the_positive_buffer(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_guidance_interval_keeps_the_other_dims_consistent(seed):
+    """r = s₀ + s₁ exactly. Guidance down to σ → 0 keeps moving s after r is settled, so r
+    drifts off s₀ + s₁ (2.6-2.9x the unguided error over seeds 0-2); stopping guidance below
+    σ = 0.5 lets the prior re-settle r (1.0x) while samples still move to the positive mode
+    (share 0.46-0.55 against 0.24-0.26 unguided)."""
+    rng = np.random.default_rng(seed)
+    modes = np.array([[2, 2], [2, -2], [-2, 2], [-2, -2]])
+
+    def data(n, allowed):
+        s = modes[rng.choice(allowed, n)] + 0.3 * rng.standard_normal((n, 2))
+        s_next = s + 0.1 * rng.standard_normal((n, 2))
+        return transitions(s, rng.uniform(-1, 1, (n, 1)), s.sum(1), s_next)
+
+    gen = toy_generator(
+        data(20_000, [0, 1, 2, 3]), seed, 1200, w_state=1.0, w_policy=None, w_transition=None
+    )
+    gen.train_energies(data(2000, [0]), data(2000, [0, 1, 2, 3]), no_policy, 400)
+
+    def share_and_inconsistency(t: Transitions) -> tuple[float, float]:
+        share = ((t.observations[:, 0] > 0) & (t.observations[:, 1] > 0)).mean()
+        return float(share), float(np.abs(t.rewards - t.observations.sum(1)).mean())
+
+    share_unguided, drift_unguided = share_and_inconsistency(gen.generate(2000, guided=False))
+    _, drift_everywhere = share_and_inconsistency(gen.generate(2000, guided=True))
+    gen.config.guidance_sigma_min = 0.5
+    share_interval, drift_interval = share_and_inconsistency(gen.generate(2000, guided=True))
+    assert drift_everywhere > 1.5 * drift_unguided
+    assert drift_interval < 1.2 * drift_unguided
+    assert share_interval > share_unguided + 0.15
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_policy_energy_moves_actions_to_the_policy(seed):
     """Data actions are uniform; π(a|s) = N(f(s), 0.1²).
 
