@@ -185,3 +185,12 @@ def test_state_dict_round_trip_through_weights_only_load():
         generator(w_policy=None).load_energy_state_dict(state["energies"])
     with pytest.raises(ValueError, match="next_state_delta=true"):
         SyntheticGenerator(3, 2, EDISConfig(next_state_delta=False)).load_state_dict(state)
+
+
+def test_states_without_the_next_state_coding_load_as_modelling_s_prime():
+    """States written before `next_state_delta` existed modelled s' itself."""
+    state = trained(next_state_delta=False).state_dict()
+    del state["config"]["next_state_delta"]
+    assert not SyntheticGenerator.from_state_dict(state).layout.next_state_delta
+    with pytest.raises(ValueError, match="next_state_delta=false"):
+        generator().load_state_dict(state)
