@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from edis_core.config import build
+from edis_core.config import build, from_dict
 from edis_core.training.checkpoint import checkpoint_path
 from edis_core.training.config import TrainConfig
 from edis_core.training.diagnose import diagnose_run
-from edis_core.training.trainer import Trainer
+from edis_core.training.trainer import CONFIG_FILE, Trainer
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
 METRICS = (  # (column, path into a batch report, better when)
@@ -38,7 +39,14 @@ METRICS = (  # (column, path into a batch report, better when)
 
 
 def train(run_dir: Path, seed: int, profile: str, overrides: list[str]) -> None:
-    """Train `run_dir` to completion: reuse it if finished, resume it if interrupted."""
+    """Train `run_dir` to completion: reuse it if finished, resume it if interrupted; refuse
+    a folder whose run was trained with another configuration."""
+    fields = {"dataset": DEMO_DATASET, "seed": seed, "synthetic": "edis"}
+    config = build(TrainConfig, profile, fields, overrides)
+    saved = run_dir / CONFIG_FILE
+    if saved.exists() and from_dict(TrainConfig, yaml.safe_load(saved.read_text())) != config:
+        raise SystemExit(f"{run_dir} holds a run with another configuration than --profile "
+                         f"{profile} {' '.join(overrides)}: pick another --runs-root")
     summary = run_dir / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
         print(f"{run_dir}: finished run found, not retrained")
@@ -46,16 +54,22 @@ def train(run_dir: Path, seed: int, profile: str, overrides: list[str]) -> None:
     if checkpoint_path(run_dir).exists():
         trainer = Trainer.load(run_dir)
     else:
-        fields = {"dataset": DEMO_DATASET, "seed": seed, "synthetic": "edis"}
-        trainer = Trainer.create(build(TrainConfig, profile, fields, overrides), run_dir)
+        trainer = Trainer.create(config, run_dir)
     if trainer.run()["status"] != "completed":
         raise SystemExit(f"{run_dir}: training was interrupted")
 
 
-def metric(report: dict[str, Any], path: tuple[str, ...]) -> float:
+def metric(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """The value at `path`, or None where the diagnosis could not compute it."""
     for key in path:
+        if not isinstance(report, dict) or key not in report:
+            return None
         report = report[key]
-    return float(report)
+    return None if report is None else float(report)
+
+
+def cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -63,7 +77,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(header + " | verdict |")
     print("|" + "---|" * (len(METRICS) + 2))
     for row in rows:
-        cells = [f"{row[name]['guided']:.4g} / {row[name]['unguided']:.4g}"
+        cells = [f"{cell(row[name]['guided'])} / {cell(row[name]['unguided'])}"
                  for name, _, _ in METRICS]
         verdict = ", ".join(key for key, value in row["verdict"].items() if value) or "none"
         print(f"| {row['seed']} | " + " | ".join(cells) + f" | {verdict} |")

@@ -24,6 +24,10 @@ from edis_core.energy.networks import EnergyNet
 from edis_core.transitions import Transitions
 
 ENERGIES = ("state", "policy", "transition")
+# What a config or state written before these EDISConfig fields existed meant: the prior
+# modelled s' itself and guidance acted at every σ. Filled in for missing keys on load, so
+# that an older run resumes (or is diagnosed) with the sampler it was trained with.
+PRE_OPTION_BEHAVIOUR = {"next_state_delta": False, "guidance_sigma_min": 0.0}
 MODES = ("unguided", "edis")
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -134,7 +138,8 @@ class SyntheticGenerator:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.config, self.mode = config or EDISConfig(), mode
         cfg = self.config
-        self.layout = layout = TransitionLayout(obs_dim, act_dim, cfg.next_state_delta)
+        delta = cfg.next_state_delta
+        self.layout = layout = TransitionLayout(obs_dim, act_dim, next_state_delta=delta)
         self.device = torch.device(device)
         self.prior = DiffusionPrior(
             layout.dim,
@@ -208,10 +213,11 @@ class SyntheticGenerator:
         positives: the positive buffer (recent trajectories, ≈ d^π); real: replay data (true
         dynamics); policy: raw observations (B, obs_dim) -> raw actions a ~ π(·|s).
 
-        As in §5, E_s reads s only and E_π (s, a) only. Where r and s' carry information about
-        s (they do in locomotion: s' ≈ s), the noise-level energy of §4 depends on them too,
-        and a state-only E_s under-shoots: on a toy with s' = s, guided samples reached the
-        positive mode 46% of the time (unguided 25%) where an independent s' gives ~100%.
+        As in §5, E_s reads s only and E_π (s, a) only. Where other dims of x carry
+        information about s or a (r = f(s); s' − s depends on a in locomotion), the
+        noise-level energy of §4 depends on them too, and a state-only E_s under-shoots: on
+        a toy with r = s₀ + s₁, guided samples reached the positive mode 49-69% of the time
+        (unguided 25%) where an r independent of s gives > 75% (tests/test_energy_guidance.py).
         """
         self._require_prior()
         pools = self._contrastive_pools(positives, real, policy)
@@ -412,8 +418,9 @@ class SyntheticGenerator:
                 f"state is for obs/act dims {state['obs_dim']}/{state['act_dim']}, "
                 f"this generator has {self.layout.obs_dim}/{self.layout.act_dim}"
             )
-        # Older states modelled s' itself and did not record the choice.
-        saved_delta = state["config"].get("next_state_delta", False)
+        saved_delta = state["config"].get(
+            "next_state_delta", PRE_OPTION_BEHAVIOUR["next_state_delta"]
+        )
         if saved_delta != self.config.next_state_delta:
             raise ValueError(
                 f"the saved prior models {'s′ − s' if saved_delta else 's′'} in the next-state "
@@ -434,7 +441,7 @@ class SyntheticGenerator:
         generator = cls(
             state["obs_dim"],
             state["act_dim"],
-            EDISConfig(**{"next_state_delta": False, **state["config"]}),  # see load_state_dict
+            EDISConfig(**{**PRE_OPTION_BEHAVIOUR, **state["config"]}),
             mode or state["mode"],
             device,
         )

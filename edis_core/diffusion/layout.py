@@ -16,14 +16,15 @@ class TransitionLayout:
     """Where each part of a transition sits in x = [s, a, r, s', done] (EDIS.md §2).
 
     With `next_state_delta` the next-state slot holds s' − s instead of s'. The map is linear
-    with unit Jacobian, so every density and density ratio of EDIS (Theorem 3.1) is the same
-    in either coordinate system; what changes is what a finite model gets right. In
+    with unit Jacobian, so the clean target p_θ·e^{−E} of Theorem 3.1 and its ratios are the
+    same in either coordinate system (the noised ones of §4 are not: noise is added in the
+    modelled coordinates); what changes is what a finite model gets right. In
     locomotion s' − s is 2-30x narrower than s' per dim, so the same normalised error is that
     much smaller in s', and a guidance step that moves s carries s' along with it instead of
     leaving it where it was (README, "Dynamics fidelity").
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, next_state_delta: bool = False):
+    def __init__(self, obs_dim: int, act_dim: int, *, next_state_delta: bool):
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"obs_dim and act_dim must be >= 1, got {obs_dim}, {act_dim}")
         self.obs_dim, self.act_dim = obs_dim, act_dim

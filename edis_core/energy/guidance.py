@@ -27,7 +27,9 @@ class EnergyGuidance:
     against energy gradients that are large where the energy has seen no data.
 
     Guidance acts for σ in [sigma_min, sigma_max] only (a guidance interval): below
-    sigma_min the prior alone finishes denoising.
+    sigma_min the prior alone finishes denoising. The test is per denoiser evaluation (Heun's
+    corrector at σ_{i+1} and a churned σ̂ included), so guidance fades out over the one step
+    that crosses each bound.
 
     `known` (a (D,) bool mask) is for the conditional sampler, which holds those dims clean:
     the energies were trained on inputs whose known dims are forward-noised to σ, so they

@@ -25,7 +25,7 @@ from edis_core.agents import make_agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
-from edis_core.generator import SyntheticGenerator
+from edis_core.generator import PRE_OPTION_BEHAVIOUR, SyntheticGenerator
 from edis_core.training import checkpoint
 from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
@@ -123,9 +123,12 @@ class Trainer:
                 f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                 "start a run with `edis train --run-dir DIR` first")
         try:
-            config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
+            saved = yaml.safe_load(config_path.read_text())
         except yaml.YAMLError as err:
             raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
+        if isinstance(saved, dict) and isinstance(saved.get("edis"), dict):
+            saved["edis"] = {**PRE_OPTION_BEHAVIOUR, **saved["edis"]}
+        config = from_dict(TrainConfig, saved)
         trainer = cls(config, run_dir)
         trainer._restore()
         return trainer
