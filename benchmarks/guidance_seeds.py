@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from edis_core.config import build, from_dict
+from edis_core.config import build
 from edis_core.training.checkpoint import checkpoint_path
 from edis_core.training.config import TrainConfig
 from edis_core.training.diagnose import diagnose_run
-from edis_core.training.trainer import CONFIG_FILE, Trainer
+from edis_core.training.trainer import CONFIG_FILE, Trainer, read_run_config
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
 METRICS = (  # (column, path into a batch report, better when)
@@ -43,8 +42,7 @@ def train(run_dir: Path, seed: int, profile: str, overrides: list[str]) -> None:
     a folder whose run was trained with another configuration."""
     fields = {"dataset": DEMO_DATASET, "seed": seed, "synthetic": "edis"}
     config = build(TrainConfig, profile, fields, overrides)
-    saved = run_dir / CONFIG_FILE
-    if saved.exists() and from_dict(TrainConfig, yaml.safe_load(saved.read_text())) != config:
+    if (run_dir / CONFIG_FILE).exists() and read_run_config(run_dir) != config:
         raise SystemExit(f"{run_dir} holds a run with another configuration than --profile "
                          f"{profile} {' '.join(overrides)}: pick another --runs-root")
     summary = run_dir / "summary.json"

@@ -28,6 +28,11 @@ ENERGIES = ("state", "policy", "transition")
 # modelled s' itself and guidance acted at every σ. Filled in for missing keys on load, so
 # that an older run resumes (or is diagnosed) with the sampler it was trained with.
 PRE_OPTION_BEHAVIOUR = {"next_state_delta": False, "guidance_sigma_min": 0.0}
+
+
+def saved_edis_values(values: dict[str, Any]) -> dict[str, Any]:
+    """EDISConfig fields as saved in a run or state, with PRE_OPTION_BEHAVIOUR where missing."""
+    return {**PRE_OPTION_BEHAVIOUR, **values}
 MODES = ("unguided", "edis")
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -418,9 +423,7 @@ class SyntheticGenerator:
                 f"state is for obs/act dims {state['obs_dim']}/{state['act_dim']}, "
                 f"this generator has {self.layout.obs_dim}/{self.layout.act_dim}"
             )
-        saved_delta = state["config"].get(
-            "next_state_delta", PRE_OPTION_BEHAVIOUR["next_state_delta"]
-        )
+        saved_delta = saved_edis_values(state["config"])["next_state_delta"]
         if saved_delta != self.config.next_state_delta:
             raise ValueError(
                 f"the saved prior models {'s′ − s' if saved_delta else 's′'} in the next-state "
@@ -441,7 +444,7 @@ class SyntheticGenerator:
         generator = cls(
             state["obs_dim"],
             state["act_dim"],
-            EDISConfig(**{**PRE_OPTION_BEHAVIOUR, **state["config"]}),
+            EDISConfig(**saved_edis_values(state["config"])),
             mode or state["mode"],
             device,
         )

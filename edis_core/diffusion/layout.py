@@ -18,10 +18,10 @@ class TransitionLayout:
     With `next_state_delta` the next-state slot holds s' − s instead of s'. The map is linear
     with unit Jacobian, so the clean target p_θ·e^{−E} of Theorem 3.1 and its ratios are the
     same in either coordinate system (the noised ones of §4 are not: noise is added in the
-    modelled coordinates); what changes is what a finite model gets right. In
-    locomotion s' − s is 2-30x narrower than s' per dim, so the same normalised error is that
-    much smaller in s', and a guidance step that moves s carries s' along with it instead of
-    leaving it where it was (README, "Dynamics fidelity").
+    modelled coordinates); what changes is what a finite model gets right. In locomotion
+    s' − s is 2-30x narrower than s' per dim, so the same normalised error is that much
+    smaller in s', and a guidance step that moves s carries s' along with it instead of
+    leaving it where it was (README, "How EDIS is implemented here" and "Diagnostics").
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, next_state_delta: bool):

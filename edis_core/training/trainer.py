@@ -25,7 +25,7 @@ from edis_core.agents import make_agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
-from edis_core.generator import PRE_OPTION_BEHAVIOUR, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator, saved_edis_values
 from edis_core.training import checkpoint
 from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
@@ -50,6 +50,22 @@ def resolve_device(name: str) -> torch.device:
 def scale_dataset_actions(data: Transitions, scaler: ActionScaler) -> Transitions:
     """Buffers, agents and the diffusion prior all work in the agents' [-1, 1] action units."""
     return dataclasses.replace(data, actions=scaler.to_agent(data.actions))
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run directory was created with, as its code then meant it."""
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise checkpoint.CheckpointError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
+            "start a run with `edis train --run-dir DIR` first")
+    try:
+        saved = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
+    if isinstance(saved, dict) and isinstance(saved.get("edis"), dict):
+        saved["edis"] = saved_edis_values(saved["edis"])
+    return from_dict(TrainConfig, saved)
 
 
 class Trainer:
@@ -117,19 +133,7 @@ class Trainer:
     @classmethod
     def load(cls, run_dir: Path) -> Trainer:
         """Rebuild a run from its directory at its latest checkpoint (nothing is written)."""
-        config_path = run_dir / CONFIG_FILE
-        if not config_path.is_file():
-            raise checkpoint.CheckpointError(
-                f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
-                "start a run with `edis train --run-dir DIR` first")
-        try:
-            saved = yaml.safe_load(config_path.read_text())
-        except yaml.YAMLError as err:
-            raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
-        if isinstance(saved, dict) and isinstance(saved.get("edis"), dict):
-            saved["edis"] = {**PRE_OPTION_BEHAVIOUR, **saved["edis"]}
-        config = from_dict(TrainConfig, saved)
-        trainer = cls(config, run_dir)
+        trainer = cls(read_run_config(run_dir), run_dir)
         trainer._restore()
         return trainer
 
