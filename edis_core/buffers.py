@@ -5,8 +5,9 @@ offline data), sampled uniformly by the agent.
 PositiveBuffer: a FIFO of the most recent *whole* trajectories; its states are the positives
 of the state energy E_s, an approximation of d^π (EDIS.md §5; Sinha et al. 2022).
 
-Both save to .npz without pickle so a checkpoint can be read by another process. Neither is
-thread-safe: one owner adds and samples.
+Both refuse NaN/inf rows (−inf mc_returns mark an unknown return) and save to .npz without
+pickle so a checkpoint can be read by another process. Neither is thread-safe: one owner
+adds and samples.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edis_core.finite import require_finite
 from edis_core.transitions import FIELDS, Transitions
 
 _REPLAY_FORMAT = "edis-replay-buffer-v1"
@@ -61,6 +63,7 @@ class ReplayBuffer:
         if n > self.capacity:
             raise ValueError(f"cannot add {n} rows to a buffer of capacity {self.capacity}; "
                              "add only the most recent rows or raise the capacity")
+        require_finite(t, "rows added to a ReplayBuffer")
         head = min(n, self.capacity - self._pointer)  # rows before the wrap
         for name, value in t.as_dict().items():
             dest = self._data[name]
@@ -104,6 +107,7 @@ class ReplayBuffer:
                 and len(stored) == size):
             raise ValueError(f"{path}: inconsistent buffer file (capacity {capacity}, pointer "
                              f"{pointer}, size {size}, {len(stored)} rows)")
+        require_finite(stored, str(path))
         buffer = cls(capacity, stored.obs_dim, stored.act_dim)
         for name, value in stored.as_dict().items():
             buffer._data[name][:size] = value
@@ -139,6 +143,7 @@ class PositiveBuffer:
     def add_episode(self, t: Transitions) -> None:
         if len(t) == 0:
             raise ValueError("cannot add an empty episode")
+        require_finite(t, "episode added to a PositiveBuffer")
         if self._episodes:
             first = self._episodes[0]
             if (t.obs_dim, t.act_dim) != (first.obs_dim, first.act_dim):

@@ -2,12 +2,14 @@
 
 Every component owns one dataclass with its defaults and validates itself in
 `__post_init__`; this module only builds them from plain dictionaries, rejecting
-unknown keys and values of the wrong type with a message that names the field.
+unknown keys, values of the wrong type and NaN/inf numbers (inf only where the default is
+inf) with a message that names the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -33,7 +35,9 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{path or 'config'}: unknown field(s) {unknown}; valid: {sorted(known)}")
-    kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
+    unbounded = {f.name for f in dataclasses.fields(cls) if _infinite_default(f)}
+    kwargs = {name: _coerce(hints[name], value, _join(path, name), name in unbounded)
+              for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
@@ -50,7 +54,12 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _coerce(hint: Any, value: Any, path: str) -> Any:
+def _infinite_default(f: dataclasses.Field) -> bool:
+    """A float field whose default is ±inf ("no bound") may be set to inf; others may not."""
+    return isinstance(f.default, float) and math.isinf(f.default)
+
+
+def _coerce(hint: Any, value: Any, path: str, allow_inf: bool = False) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
@@ -63,9 +72,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, path)
+                return _coerce(arg, value, path, allow_inf)
             except ConfigError as err:
                 errors.append(str(err))
+        if len(errors) == 1:  # X | None: the one type's own message says more
+            raise ConfigError(errors[0])
         raise ConfigError(f"{path}: {value!r} matches none of {hint}")
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
@@ -89,6 +100,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if math.isnan(value) or (math.isinf(value) and not allow_inf):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

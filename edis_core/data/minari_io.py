@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from minari.storage.datasets_root_dir import get_dataset_path
 from tqdm import tqdm
 
 from edis_core.data.scores import normalized_score
+from edis_core.finite import describe_counts
 from edis_core.transitions import Transitions, discounted_returns_to_go
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -34,6 +36,10 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AssertionError)
 
 class DatasetError(Exception):
     """A dataset cannot be found, read, made or used; the message says what to do."""
+
+
+class DatasetEnvWarning(UserWarning):
+    """A dataset used with an environment other than the one it was collected in."""
 
 
 @dataclass
@@ -51,6 +57,8 @@ class OfflineDataset:
     episode_returns: np.ndarray
     observation_space: gym.spaces.Box
     action_space: gym.spaces.Box
+    nonfinite_values: dict[str, int] = field(default_factory=dict)
+    """NaN/inf values per field of the stored episodes; empty for a dataset that trains."""
 
     @property
     def obs_dim(self) -> int:
@@ -67,7 +75,9 @@ def datasets_root() -> Path:
 
 
 def load_dataset(dataset_id: str, gamma: float = 0.99) -> OfflineDataset:
-    """Read a local Minari dataset as flat transitions; mc_returns are discounted by `gamma`."""
+    """Read a local Minari dataset as flat transitions; mc_returns are discounted by `gamma`.
+
+    A dataset with NaN/inf values is refused, naming the first such episode and field."""
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     dataset = _open(dataset_id)
@@ -75,7 +85,8 @@ def load_dataset(dataset_id: str, gamma: float = 0.99) -> OfflineDataset:
 
 
 def check_compatible(dataset: OfflineDataset, env: gym.Env) -> None:
-    """Refuse to train or fine-tune on `env` with data whose spaces do not match it."""
+    """Refuse to train or fine-tune on `env` with data whose spaces do not match it; warn
+    (DatasetEnvWarning) when the spaces match but the environment ids differ."""
     env_name = env.spec.id if env.spec is not None else type(env).__name__
     obs_space, act_space = env.observation_space, env.action_space
     if not (isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)):
@@ -97,6 +108,11 @@ def check_compatible(dataset: OfflineDataset, env: gym.Env) -> None:
             f"Dataset {dataset.dataset_id} has action bounds low={ds_bounds[0].tolist()} "
             f"high={ds_bounds[1].tolist()}, but environment {env_name} has low="
             f"{act_space.low.tolist()} high={act_space.high.tolist()}." + hint)
+    if dataset.env_id is not None and dataset.env_id != env_name:
+        warnings.warn(f"Dataset {dataset.dataset_id} was collected in {dataset.env_id} but the "
+                      f"online phase runs {env_name}: spaces match, dynamics and rewards may "
+                      f"not. Set env_id={dataset.env_id} (or use data from {env_name}) unless "
+                      "this is intended.", DatasetEnvWarning, stacklevel=2)
 
 
 def make_dataset(env_id: str, policy: Policy | None, steps: int, dataset_id: str, seed: int = 0,
@@ -151,10 +167,11 @@ def make_dataset(env_id: str, policy: Policy | None, steps: int, dataset_id: str
 def dataset_info(dataset_id: str) -> dict[str, Any]:
     """Size, dimensions, episode-return statistics and metadata of a local dataset."""
     dataset = _open(dataset_id)
-    offline = _flatten(dataset, gamma=1.0)
+    offline = _flatten(dataset, gamma=1.0, refuse_nonfinite=False)
     t, returns = offline.transitions, offline.episode_returns
     metadata = dataset.storage.metadata
     return {
+        "nonfinite_values": offline.nonfinite_values,
         "dataset_id": dataset_id,
         "env_id": offline.env_id,
         "transitions": len(t),
@@ -225,14 +242,26 @@ def _require_box(obs_space: gym.Space, act_space: gym.Space, owner: str) -> None
                                "observation and action spaces are supported.")
 
 
-def _flatten(dataset: minari.MinariDataset, gamma: float) -> OfflineDataset:
-    """Episodes of T steps (T+1 observations) -> T rows; next_obs is the true successor."""
+def _flatten(dataset: minari.MinariDataset, gamma: float,
+             refuse_nonfinite: bool = True) -> OfflineDataset:
+    """Episodes of T steps (T+1 observations) -> T rows; next_obs is the true successor.
+
+    refuse_nonfinite=False counts NaN/inf values instead (for `dataset_info`)."""
     dataset_id = dataset.id
     _require_box(dataset.observation_space, dataset.action_space, f"Dataset {dataset_id}")
     parts: list[Transitions] = []
     returns: list[float] = []
+    nonfinite: Counter[str] = Counter()
     try:
         for episode in dataset.iterate_episodes():
+            counts = _nonfinite_fields(episode)
+            if counts and refuse_nonfinite:
+                raise DatasetError(
+                    f"Episode {episode.id} of dataset {dataset_id} has non-finite values "
+                    f"(NaN/inf): {describe_counts(counts)}; training on them would turn every "
+                    "loss NaN. Remake the dataset (`edis data make ... --overwrite`) or remove "
+                    "that episode.")
+            nonfinite.update(counts)
             parts.append(_episode_transitions(episode, gamma, dataset_id))
             returns.append(float(np.sum(episode.rewards)))
     except _READ_ERRORS as e:
@@ -248,7 +277,18 @@ def _flatten(dataset: minari.MinariDataset, gamma: float) -> OfflineDataset:
         episode_returns=np.asarray(returns, np.float64),
         observation_space=dataset.observation_space,
         action_space=dataset.action_space,
+        nonfinite_values=dict(nonfinite),
     )
+
+
+def _nonfinite_fields(episode: Any) -> dict[str, int]:
+    """NaN/inf values per stored field of one Minari episode."""
+    counts = {}
+    for name in ("observations", "actions", "rewards"):
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(getattr(episode, name), np.float64))))
+        if bad:
+            counts[name] = bad
+    return counts
 
 
 def _episode_transitions(episode: Any, gamma: float, dataset_id: str) -> Transitions:

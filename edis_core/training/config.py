@@ -87,6 +87,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be an integer in [0, 2**31), got {self.seed}")
         for name in ("offline_steps", "online_steps", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

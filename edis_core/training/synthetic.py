@@ -2,7 +2,9 @@
 
 A refresh (EDIS.md §7) retrains the energies on fresh positives (guided mode only) and
 generates `samples_per_refresh` new transitions that replace the oldest ones in the
-synthetic buffer. Unguided mode (SynthER-style) only generates.
+synthetic buffer. Unguided mode (SynthER-style) only generates. Every loss it trains with is
+checked finite, and a batch in which the generator had to drop every row (it drops rows
+with NaN/inf) stops the run instead of silently adding nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
+from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator
 from edis_core.training.config import SyntheticSchedule
 from edis_core.transitions import Transitions
@@ -44,16 +47,23 @@ class SyntheticSupply:
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
                 _balanced(offline, online, rng), self.schedule.prior_steps_per_refresh)
+            check_losses(stats, "online prior training")
         if self.guided:
             real = online.take(slice(max(0, len(online) - self.schedule.real_sample), None))
             energy_stats = self.generator.train_energies(
                 positives.contents(), real, policy, self.generator.config.energy_steps)
+            check_losses(energy_stats, "energy training")
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
+        dropped_before = self.generator.dropped_rows
         samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
+        dropped = self.generator.dropped_rows - dropped_before
+        if len(samples) == 0:
+            raise NonFiniteError(f"synthetic refresh: all {dropped} generated rows were "
+                                 "non-finite (the prior or the energies hold NaN/inf)")
         np.clip(samples.actions, -1.0, 1.0, out=samples.actions)  # the agents' action box
-        self.buffer.add(samples)
+        self.buffer.add(samples)  # the buffer refuses NaN/inf rows
         self.last_refresh = env_step
-        stats.update(generated=len(samples), buffer=len(self.buffer),
+        stats.update(generated=len(samples), dropped_nonfinite=dropped, buffer=len(self.buffer),
                      refresh_seconds=time.perf_counter() - start)
         return stats
 
