@@ -5,18 +5,26 @@ Layout of `RUN_DIR/checkpoint/`:
                  read back with `torch.load(weights_only=True)`: no arbitrary unpickling
   progress.json  step counters and the numpy RNG state
   *.npz          buffers (allow_pickle=False)
-A checkpoint is written to a sibling temp directory and renamed into place, so a
-crash while writing leaves the previous checkpoint intact.
+A checkpoint is written to a sibling temp directory named after the writing process and
+renamed into place, so a crash while writing leaves the previous checkpoint intact. Weights
+are checked finite both ways: NaN/inf weights are never written over a good checkpoint, and
+never loaded.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+from edis_core.finite import NonFiniteError, require_finite_weights
+
+T = TypeVar("T")
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -33,10 +41,14 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 def save(run_dir: Path, state: dict[str, Any], progress: dict[str, Any],
          buffers: dict[str, Any]) -> Path:
-    """`buffers` maps a name to an object with `.save(path)`; written as NAME.npz."""
+    """`buffers` maps a name to an object with `.save(path)`; written as NAME.npz.
+
+    The caller owns `run_dir` (RunDirLock): temp directories of other processes are stale."""
+    require_finite_weights(state, "the state to checkpoint")
     final = checkpoint_path(run_dir)
-    tmp = run_dir / f"{CHECKPOINT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in run_dir.glob(f"{CHECKPOINT_DIR}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run_dir / f"{CHECKPOINT_DIR}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
     torch.save(state, tmp / STATE_FILE)
     (tmp / PROGRESS_FILE).write_text(json.dumps(progress, indent=1))
@@ -67,15 +79,42 @@ def load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
     directory = checkpoint_path(run_dir)
     if not directory.exists() and _previous_path(run_dir).exists():
         directory = _previous_path(run_dir)
+    if not directory.exists():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint: the run stopped before its first one. Start it "
+            f"again with the `edis train ... --run-dir {run_dir}` command it was started with.")
     if not (directory / PROGRESS_FILE).is_file():
         raise CheckpointError(
-            f"no checkpoint in {run_dir}: expected {directory / PROGRESS_FILE}. "
-            "Start a new run with `edis train ... --run-dir DIR` instead of --resume.")
+            f"checkpoint in {directory} is incomplete (no {PROGRESS_FILE}). Restore it from a "
+            f"backup, or delete {directory} and start the run again with `edis train ... "
+            f"--run-dir {run_dir}`.")
     try:
         progress = json.loads((directory / PROGRESS_FILE).read_text())
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        require_finite_weights(state, STATE_FILE)
     except Exception as err:  # any parse failure means the same thing to the user
-        raise CheckpointError(
-            f"checkpoint in {directory} is corrupt or unreadable ({type(err).__name__}: {err}). "
-            "Delete the run directory and start again, or restore it from a backup.") from err
+        raise CheckpointError(_corrupt(directory, err)) from err
     return state, progress, directory
+
+
+def load_buffer(directory: Path, name: str, reader: Callable[[Path], T]) -> T:
+    """Read NAME.npz of a checkpoint with `reader`, naming a missing or corrupt file."""
+    path = directory / f"{name}.npz"
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint in {directory} is incomplete: {path.name} is missing. Restore it from "
+            "a backup, or delete the run directory and start again.")
+    try:
+        return reader(path)
+    except (ValueError, OSError) as err:
+        raise CheckpointError(_corrupt(directory, err)) from err
+
+
+def _corrupt(directory: Path, err: Exception) -> str:
+    if isinstance(err, NonFiniteError):
+        what = "holds non-finite values"
+    else:
+        what = "is corrupt or unreadable"
+    first_line = next(iter(str(err).splitlines()), "")  # torch's unpickling errors run long
+    return (f"checkpoint in {directory} {what} ({type(err).__name__}: {first_line}). Restore "
+            "it from a backup, or delete the run directory and start again.")

@@ -20,7 +20,10 @@ from edis_core.transitions import Transitions
 
 
 def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
-    trainer = Trainer.load(run_dir)
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1 (guided and unguided samples each), got "
+                         f"{samples}")
+    trainer = Trainer.inspect(run_dir)
     if trainer.supply is None:
         raise ValueError(f"{run_dir} was trained with synthetic=none: it has no diffusion prior "
                          "to diagnose; train with --synthetic edis (or unguided)")

@@ -13,13 +13,25 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "learning_curve.png"
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so every line parses."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def json_safe(value: Any) -> tuple[Any, int]:
+    """JSON has no NaN/inf: the value with them as null, and how many were replaced."""
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (None, 1)
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
+        pairs = {k: json_safe(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, sum(n for _, n in pairs.values())
+    if isinstance(value, list | tuple):
+        items = [json_safe(v) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    return value, 0
+
+
+def to_json(record: dict[str, Any], **dumps_args: Any) -> str:
+    """Valid JSON always: NaN/inf become null and `nonfinite_as_null` counts them."""
+    clean, replaced = json_safe(record)
+    if replaced:
+        clean["nonfinite_as_null"] = replaced
+    return json.dumps(clean, allow_nan=False, **dumps_args)
 
 
 class MetricsLog:
@@ -30,7 +42,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(to_json(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a line torn by a hard kill is skipped."""
@@ -48,14 +60,14 @@ class MetricsLog:
         """Keep only records at or before the checkpoint's step in each phase."""
         kept = [r for r in self.records()
                 if r.get("step", 0) <= phase_steps.get(r.get("phase", ""), math.inf)]
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     path = run_dir / SUMMARY_FILE
-    path.write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    path.write_text(to_json(summary, indent=2) + "\n")
     return path
 
 

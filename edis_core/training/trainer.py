@@ -5,14 +5,19 @@ Phases, each resumable from a checkpoint at the step it reached:
   offline  pre-train the agent on the offline dataset
   online   act in the environment, fill replay and positive buffers, refresh the
            synthetic buffer on schedule, update the agent on mixed batches (EDIS.md §7)
+
+Run safety lives in small pieces the loop only calls: the run directory's lock
+(run_dir.RunDirLock), the finite checks on data, weights and losses (edis_core.finite), the
+data and environment a checkpoint was made on (provenance) and the stop on signals
+(signals.GracefulStop).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +30,23 @@ from edis_core.agents import make_agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
+from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator, saved_edis_values
-from edis_core.training import checkpoint
+from edis_core.training import checkpoint, provenance
 from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
-from edis_core.training.run_log import MetricsLog, plot_learning_curve, write_summary
+from edis_core.training.run_dir import RunDirLock, check_fresh_start
+from edis_core.training.run_log import (
+    METRICS_FILE,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    plot_learning_curve,
+    write_summary,
+)
+from edis_core.training.signals import GracefulStop
 from edis_core.training.synthetic import SyntheticSupply
 from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
 
@@ -44,7 +59,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but there are only "
+                         f"{torch.cuda.device_count()} CUDA devices; use cuda:0 or cpu")
+    return device
 
 
 def scale_dataset_actions(data: Transitions, scaler: ActionScaler) -> Transitions:
@@ -69,12 +88,15 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 class Trainer:
-    """Builds every part of a run from its config and drives the phases."""
+    """Builds every part of a run from its config and drives the phases.
+
+    Construction writes nothing: `create` and `load` take the run directory's lock and are
+    the two ways to get a Trainer that runs; `inspect` reads a run without owning it."""
 
     def __init__(self, config: TrainConfig, run_dir: Path):
         self.config = config
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock: RunDirLock | None = None
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -86,6 +108,7 @@ class Trainer:
         self.env = make_env(env_id, config.seed)
         self.eval_env = make_env(env_id, config.seed + 10_000)
         check_compatible(self.dataset, self.env)
+        self.data_fingerprint = provenance.dataset_fingerprint(self.dataset)
         self.scaler = ActionScaler.for_space(self.env.action_space)
         self.offline = scale_dataset_actions(self.dataset.transitions, self.scaler)
         obs_dim, act_dim = self.offline.obs_dim, self.offline.act_dim
@@ -104,7 +127,8 @@ class Trainer:
         self.episode_rows: list[int] = []
         self.episode: list[Transitions] = []
         self.obs: np.ndarray | None = None
-        self._stop_signal: int | None = None
+        self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
+        self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
 
     @property
     def _gamma(self) -> float:
@@ -122,46 +146,74 @@ class Trainer:
     # ----------------------------------------------------------------- running
     @classmethod
     def create(cls, config: TrainConfig, run_dir: Path) -> Trainer:
-        if checkpoint.has_checkpoint(run_dir):
-            raise ValueError(f"{run_dir} already holds a run; continue it with "
-                             f"`edis train --resume {run_dir}` or choose another --run-dir")
+        """A new run in `run_dir`, created only once the dataset, environment and device
+        are known to work; the folder must be missing, empty or a run without checkpoint."""
+        check_fresh_start(run_dir)
         trainer = cls(config, run_dir)
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dataclasses.asdict(config),
-                                                          sort_keys=False))
+        trainer.lock = RunDirLock.for_fresh_run(
+            run_dir, replaced=(CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE))
+        try:
+            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dataclasses.asdict(config),
+                                                              sort_keys=False))
+        except BaseException:
+            trainer.lock.release()
+            raise
         return trainer
 
     @classmethod
-    def load(cls, run_dir: Path) -> Trainer:
-        """Rebuild a run from its directory at its latest checkpoint (nothing is written)."""
+    def load(cls, run_dir: Path, accept_changed_data: bool = False) -> Trainer:
+        """Continue a run from its latest checkpoint; refuses a dataset or environment that
+        changed since then unless `accept_changed_data`."""
+        config = read_run_config(run_dir)
+        lock = RunDirLock(run_dir)
+        try:
+            trainer = cls(config, run_dir)
+            trainer._restore(accept_changed_data, changed_hint="--accept-changed-data")
+        except BaseException:
+            lock.release()
+            raise
+        trainer.lock = lock
+        return trainer
+
+    @classmethod
+    def inspect(cls, run_dir: Path) -> Trainer:
+        """A run at its latest checkpoint, read only (diagnostics): no lock, nothing written."""
         trainer = cls(read_run_config(run_dir), run_dir)
-        trainer._restore()
+        trainer._restore(accept_changed_data=True, changed_hint="read anyway")
         return trainer
 
     def run(self) -> dict[str, Any]:
-        self.log.truncate_after(self.steps)  # a resumed run rewrites what followed its checkpoint
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:  # handlers stay ours until the final checkpoint is on disk
-            if self.phase == "prior":
-                self._run_prior()
-            if self.phase == "offline" and not self._stopping:
-                self._run_offline()
-            if self.phase == "online" and not self._stopping:
-                self._run_online()
-            if not self._stopping:
-                self.phase = "done"
-            self.save_checkpoint()
-            return self._finish(status="interrupted" if self._stopping else "completed")
+        """Run the phases to the end or to a stop signal ("completed" / "interrupted"); a
+        non-finite loss or value ends it "failed" without saving, keeping the last checkpoint.
+        The run directory's lock is released on return."""
+        if self.lock is None or not self.lock.held:
+            raise RuntimeError("only a Trainer from Trainer.create or Trainer.load can run: "
+                               "they own the run directory")
+        try:
+            self.log.truncate_after(self.steps)  # a resume rewrites what followed its checkpoint
+            with self.stop:  # handlers stay ours until the final checkpoint is on disk
+                try:
+                    self._run_phases()
+                    self.save_checkpoint()
+                except NonFiniteError as err:
+                    return self._fail(err)
+                return self._finish("interrupted" if self._stopping else "completed")
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.lock.release()
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stop_signal = signum
+    def _run_phases(self) -> None:
+        if self.phase == "prior":
+            self._run_prior()
+        if self.phase == "offline" and not self._stopping:
+            self._run_offline()
+        if self.phase == "online" and not self._stopping:
+            self._run_online()
+        if not self._stopping:
+            self.phase = "done"
 
     @property
     def _stopping(self) -> bool:
-        return self._stop_signal is not None
+        return self.stop.requested
 
     # ------------------------------------------------------------------ phases
     def _run_prior(self) -> None:
@@ -174,6 +226,7 @@ class Trainer:
                 start = time.perf_counter()
                 loss = self.supply.generator.train_prior(self.offline, steps=n)
                 self.steps["prior"] += n
+                check_losses({"diffusion_loss": loss}, "diffusion prior")
                 bar.update(n)
                 self.log.write({"kind": "train", "phase": "prior", "step": self.steps["prior"],
                                 "diffusion_loss": loss,
@@ -186,9 +239,8 @@ class Trainer:
         total = self.config.offline_steps
         with self._progress("offline pre-training", "offline", total) as bar:
             while self.steps["offline"] < total and not self._stopping:
-                batch = Batch.from_transitions(self.mixer.sample_offline(self.rng), self.device)
-                losses = self.agent.update(batch)
                 self.steps["offline"] += 1
+                losses = self._update_agent(self.mixer.sample_offline(self.rng))
                 bar.update(1)
                 self._after_step("offline", losses, self.config.offline_eval_every)
         if not self._stopping:
@@ -207,9 +259,13 @@ class Trainer:
                 self._maybe_refresh()
                 losses: dict[str, float] = {}
                 for _ in range(self.config.utd_ratio):
-                    batch = Batch.from_transitions(self.mixer.sample_online(self.rng), self.device)
-                    losses = self.agent.update(batch)
+                    losses = self._update_agent(self.mixer.sample_online(self.rng))
                 self._after_step("online", losses, self.config.online_eval_every)
+
+    def _update_agent(self, batch: Transitions) -> dict[str, float]:
+        losses = self.agent.update(Batch.from_transitions(batch, self.device))
+        check_losses(losses, "agent update")
+        return losses
 
     def _env_step(self) -> None:
         assert self.obs is not None
@@ -292,41 +348,78 @@ class Trainer:
             "last_refresh": self.supply.last_refresh if self.supply else None,
             "env_id": self.env.spec.id if self.env.spec else None,
             "obs_dim": self.offline.obs_dim, "act_dim": self.offline.act_dim,
+            "dataset": self.data_fingerprint, "env": provenance.environment_spec(self.env),
         }
-        return checkpoint.save(self.run_dir, state, progress, buffers)
+        path = checkpoint.save(self.run_dir, state, progress, buffers)
+        self.checkpointed = dict(self.steps)
+        return path
 
-    def _restore(self) -> None:
+    def _restore(self, accept_changed_data: bool, changed_hint: str) -> None:
         state, progress, directory = checkpoint.load(self.run_dir)
+        self._check_provenance(progress, accept_changed_data, changed_hint)
         try:
             self.agent.load_state_dict(state["agent"])
             torch.set_rng_state(state["torch_rng"])
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
-            self.replay = ReplayBuffer.load(directory / "replay.npz")
-            self.positive = PositiveBuffer.load(directory / "positive.npz")
             if self.supply is not None:
                 self.supply.generator.load_state_dict(state["generator"])
-                self.synthetic_buffer = ReplayBuffer.load(directory / "synthetic.npz")
-                self.supply.buffer = self.synthetic_buffer
                 self.supply.last_refresh = progress["last_refresh"]
             self.rng.bit_generator.state = progress["numpy_rng"]
             self.phase, self.steps = progress["phase"], progress["steps"]
-        except (KeyError, ValueError, RuntimeError, OSError, TypeError) as err:
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise checkpoint.CheckpointError(
                 f"checkpoint in {directory} does not match this run's configuration "
                 f"({type(err).__name__}: {err})") from err
+        self.replay = checkpoint.load_buffer(directory, "replay", ReplayBuffer.load)
+        self.positive = checkpoint.load_buffer(directory, "positive", PositiveBuffer.load)
+        if self.supply is not None:
+            self.synthetic_buffer = checkpoint.load_buffer(directory, "synthetic",
+                                                           ReplayBuffer.load)
+            self.supply.buffer = self.synthetic_buffer
+        self.checkpointed = dict(self.steps)
         self.mixer = BatchMixer(self.offline, self.replay, self.synthetic_buffer,
                                 self.config.batch_size, self.config.schedule.ratio,
                                 self.config.offline_ratio)
         # An episode in progress at checkpoint time is not resumable (the simulator
         # state is not saved): the online phase restarts with a fresh episode.
 
+    def _check_provenance(self, progress: dict[str, Any], accept: bool, hint: str) -> None:
+        """The dataset and environment must be those the checkpoint was made on."""
+        changed = (provenance.changes("dataset", progress.get("dataset"), self.data_fingerprint)
+                   + provenance.changes("environment", progress.get("env"),
+                                        provenance.environment_spec(self.env)))
+        if not changed:
+            return
+        listing = "; ".join(changed)
+        if not accept:
+            raise checkpoint.CheckpointError(
+                f"the data of {self.run_dir} changed since its checkpoint: {listing}. Restore "
+                f"them, or continue on the new ones with `edis train --resume {self.run_dir} "
+                f"{hint}`")
+        warnings.warn(f"the data of {self.run_dir} changed since its checkpoint ({listing}); "
+                      "continuing on the new ones", provenance.ChangedDataWarning, stacklevel=3)
+
     # ----------------------------------------------------------------- results
-    def _finish(self, status: str) -> dict[str, Any]:
+    def _fail(self, err: NonFiniteError) -> dict[str, Any]:
+        """A non-finite loss or value: the weights in memory may already be NaN, so nothing
+        is saved and the last checkpoint stays the run's state."""
+        phase = self.phase if self.phase in self.steps else "online"
+        kept = (f"the last good checkpoint ({_describe(self.checkpointed)}) is kept"
+                if self.checkpointed is not None else "no checkpoint had been written")
+        message = (f"{phase} step {self.steps[phase]}: {err}. The run stopped; {kept}. Check "
+                   "the dataset and lower the learning rates, then start a new run")
+        self.log.write({"kind": "failure", "phase": phase, "step": self.steps[phase],
+                        "error": message})
+        return self._finish("failed", error=message)
+
+    def _finish(self, status: str, error: str | None = None) -> dict[str, Any]:
         records = self.log.records()
         evals = [r for r in records if r.get("kind") == "eval"]
         summary = {
             "status": status,
+            **({"error": error} if error else {}),
+            **({"stopped_by": self.stop.signal_name} if self.stop.requested else {}),
             "phase": self.phase,
             "steps": self.steps,
             "agent": self.config.agent,
@@ -343,3 +436,8 @@ class Trainer:
                             f"{self.config.agent} + synthetic={self.config.synthetic} "
                             f"on {self.config.dataset} (seed {self.config.seed})")
         return json.loads(json.dumps(summary))
+
+
+def _describe(steps: dict[str, int]) -> str:
+    """{"prior": 60, "offline": 100, "online": 0} -> "prior step 60, offline step 100"."""
+    return ", ".join(f"{phase} step {step}" for phase, step in steps.items() if step) or "step 0"
