@@ -3,7 +3,7 @@
   edis data make --env Hopper-v5 --policy random --steps 20000 --dataset-id hopper/random-v0
   edis data info hopper/random-v0
   edis train --agent iql --dataset hopper/random-v0 --seed 0 --run-dir runs/x [--profile smoke]
-  edis train --resume runs/x
+  edis train --resume runs/x [--accept-changed-data]
   edis diagnose runs/x
   edis demo                      # the embedded default that `make run` starts
 """
@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,14 @@ DEMO_RUN_DIR = Path("runs/demo")
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+    """Valid JSON always: NaN/inf print as null, counted in `nonfinite_as_null`."""
+    from edis_core.training.run_log import to_json
+
+    print(to_json(data, indent=2))
+
+
+def _one_line(err: BaseException | Warning | str) -> str:
+    return " ".join(str(err).split())
 
 
 def cmd_data_make(args: argparse.Namespace) -> int:
@@ -76,10 +83,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             ["set"] if args.set else [])
         if given:
             raise ValueError(f"--resume continues a run with its saved config; drop {given}")
-        trainer = Trainer.load(Path(args.resume))
+        trainer = Trainer.load(Path(args.resume), accept_changed_data=args.accept_changed_data)
     else:
         if args.run_dir is None:
             raise ValueError("edis train needs --run-dir DIR (or --resume DIR)")
+        if args.accept_changed_data:
+            raise ValueError("--accept-changed-data only applies with --resume RUN_DIR")
         fields = {"agent": args.agent, "dataset": args.dataset, "seed": args.seed,
                   "synthetic": args.synthetic, "device": args.device}
         config = build(TrainConfig, args.profile or "default", fields, args.set)
@@ -87,7 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.run()
     _print_json(summary)
     print(f"results in {trainer.run_dir}: metrics.jsonl, summary.json, learning_curve.png")
-    return 0 if summary["status"] == "completed" else 130
+    if summary["status"] == "failed":
+        print(f"edis: error: {_one_line(summary['error'])}", file=sys.stderr)
+        return 1
+    return trainer.stop.exit_code if summary["status"] == "interrupted" else 0
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -129,6 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (`edis --debug train ...`)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="make and inspect Minari datasets").add_subparsers(
@@ -157,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config field, e.g. --set iql.expectile=0.8")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    train.add_argument("--accept-changed-data", action="store_true",
+                       help="with --resume: continue even though the dataset or environment "
+                            "changed since the checkpoint")
     train.set_defaults(func=cmd_train)
 
     diagnose = commands.add_parser("diagnose", help="guided vs unguided sample diagnostics")
@@ -179,10 +196,32 @@ def main(argv: list[str] | None = None) -> int:
     from edis_core.training.checkpoint import CheckpointError
 
     try:
-        return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, ValueError) as err:
-        print(f"edis: error: {err}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (ConfigError, DatasetError, CheckpointError, ValueError, OSError) as err:
+        if args.debug:
+            raise
+        hint = " (check the path and its permissions)" if isinstance(err, OSError) else ""
+        print(f"edis: error: {_one_line(err)}{hint}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the training loop installs its own handler
+        if args.debug:
+            raise
+        print("edis: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"edis: error: unexpected {type(err).__name__}: {_one_line(err)}; run it again "
+              "as `edis --debug ...` for the traceback, and report it", file=sys.stderr)
+        return 1
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_args: Any,
+                  **_kwargs: Any) -> None:
+    """Warnings as one line each, like errors."""
+    print(f"edis: warning: {_one_line(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
