@@ -4,10 +4,13 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# gRPC stubs are generated from the .proto files, never committed (protos/generate.py).
+PROTOS := $(shell find protos -name '*.proto')
+STUBS := $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py) $(PROTOS:.proto=_pb2.pyi)
 
 .PHONY: setup run test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(STUBS)
 
 # torch first and pinned: the CPU wheel must win before anything can ask for a CUDA build.
 $(STAMP): requirements.lock pyproject.toml
@@ -17,6 +20,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+$(STUBS) &: $(PROTOS) $(STAMP)
+	$(BIN)/python -m protos.generate
 
 run: setup
 	$(BIN)/edis demo
@@ -34,4 +40,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_sampling.py
 
 clean:
-	rm -rf $(VENV) runs results
+	rm -rf $(VENV) runs results $(STUBS)

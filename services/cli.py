@@ -6,6 +6,8 @@
   edis train --resume runs/x [--accept-changed-data]
   edis diagnose runs/x
   edis demo                      # the embedded default that `make run` starts
+  edis sampler serve --port 50051     # the diffusion-sampler service (gRPC)
+  edis sampler status 127.0.0.1:50051
 """
 
 from __future__ import annotations
@@ -186,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the embedded default run (what `make run` does)")
     demo.add_argument("--run-dir", default=str(DEMO_RUN_DIR))
     demo.set_defaults(func=cmd_demo)
+
+    from services.sampler.cli import add_commands as add_sampler_commands
+
+    add_sampler_commands(commands)
     return parser
 
 
@@ -194,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     from edis_core.config import ConfigError
     from edis_core.data.minari_io import DatasetError
     from edis_core.training.checkpoint import CheckpointError
+    from services.sampler.client import SamplerError
 
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, ValueError, OSError) as err:
+    except (ConfigError, DatasetError, CheckpointError, SamplerError, ValueError, OSError) as err:
         if args.debug:
             raise
         hint = " (check the path and its permissions)" if isinstance(err, OSError) else ""

@@ -240,6 +240,26 @@ class DiffusionPrior:
             device=self.device,
         )
 
+    def sampling_weights(self) -> dict[str, torch.Tensor]:
+        """What sampling reads, flat: the EMA denoiser as "denoiser.<name>" and the normaliser
+        as "normalizer.mean" / "normalizer.std" (what a learner publishes to a sampler)."""
+        weights = {f"denoiser.{k}": v for k, v in self.ema.model.state_dict().items()}
+        weights["normalizer.mean"] = self.normalizer.mean
+        weights["normalizer.std"] = self.normalizer.std
+        return weights
+
+    def load_sampling_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Replace what sampling reads with `sampling_weights()` output of another prior; the
+        training state (online network, optimiser, step count) is left as it is."""
+        prefix = "denoiser."
+        self.ema.model.load_state_dict(
+            {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        )
+        self.normalizer.load_state_dict(
+            {"mean": weights["normalizer.mean"], "std": weights["normalizer.std"], "fitted": True}
+        )
+        self._sampler_net = None
+
     def state_dict(self) -> dict:
         return {
             "denoiser": self.denoiser.state_dict(),
