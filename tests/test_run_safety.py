@@ -442,3 +442,38 @@ def test_data_of_another_env_version_warns(minari_root, tmp_path, capsys):
     assert code == 0
     warning = [line for line in err.splitlines() if "collected in Hopper-v4" in line]
     assert len(warning) == 1 and warning[0].startswith("edis: warning:")
+
+
+def test_a_checkpoint_from_before_the_data_records_resumes_unchecked(hopper_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer.create(tiny_config(hopper_dataset, extra=["online_steps=0"]), run_dir).run()
+    progress_path = run_dir / "checkpoint" / "progress.json"
+    progress = json.loads(progress_path.read_text())
+    del progress["dataset"], progress["env"]
+    progress_path.write_text(json.dumps(progress))
+    assert Trainer.load(run_dir).run()["status"] == "completed"
+    assert "dataset" in json.loads(progress_path.read_text())  # recorded from now on
+
+
+def test_an_interrupt_while_loading_is_one_line_and_130(monkeypatch, capsys):
+    import services.cli as cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_data_info", interrupted)
+    code, _, err = edis(capsys, "data", "info", "x/y-v0")
+    assert code == 130
+    assert err.strip() == "edis: interrupted"
+
+
+def test_metrics_and_summaries_stay_json_with_nonfinite_values(tmp_path):
+    from edis_core.training.run_log import MetricsLog, write_summary
+
+    log = MetricsLog(tmp_path)
+    log.write({"step": 1, "loss": math.nan, "energy": {"a": math.inf, "b": 1.0}})
+    line = strict_json((tmp_path / "metrics.jsonl").read_text())
+    assert line == {"step": 1, "loss": None, "energy": {"a": None, "b": 1.0},
+                    "nonfinite_as_null": 2}
+    summary = strict_json(write_summary(tmp_path, {"final": [1.0, -math.inf]}).read_text())
+    assert summary == {"final": [1.0, None], "nonfinite_as_null": 1}
