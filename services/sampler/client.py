@@ -70,13 +70,15 @@ class SamplerClient:
         self.close()
 
     def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the sampler answers (a health check that waits for the connection)."""
+        timeout = timeout or self.connect_timeout
         try:
-            grpc.channel_ready_future(self._channel).result(timeout or self.connect_timeout)
-        except grpc.FutureTimeoutError as err:
-            raise SamplerError(f"no sampler answers at {self.address} after "
-                               f"{timeout or self.connect_timeout:.0f} s; start one with "
-                               "`edis sampler serve` or check the address",
-                               grpc.StatusCode.UNAVAILABLE) from err
+            self._health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True,
+                               timeout=timeout)
+        except grpc.RpcError as err:
+            raise SamplerError(f"no sampler answers at {self.address} after {timeout:.0f} s "
+                               f"({err.code().name}); start one with `edis sampler serve` or "
+                               "check the address", grpc.StatusCode.UNAVAILABLE) from err
 
     # ---------------------------------------------------------------------------- calls
     def status(self) -> dict[str, Any]:
