@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from edis_core.agents.base import Agent
 from edis_core.agents.calql import CalQLAgent, CalQLConfig
 from edis_core.agents.iql import IQLAgent, IQLConfig
+from edis_core.agents.networks import GaussianActor, TanhGaussianActor
 
 AGENT_CONFIGS = {"iql": IQLConfig, "calql": CalQLConfig}
 _AGENTS = {"iql": IQLAgent, "calql": CalQLAgent}
+_ACTORS = {"iql": GaussianActor, "calql": TanhGaussianActor}
 
 
 def make_agent(name: str, config: IQLConfig | CalQLConfig, obs_dim: int, act_dim: int,
@@ -23,5 +28,18 @@ def make_agent(name: str, config: IQLConfig | CalQLConfig, obs_dim: int, act_dim
     return _AGENTS[name](config, obs_dim, act_dim, device)
 
 
+def actor_hidden(config: IQLConfig | CalQLConfig) -> tuple[int, ...]:
+    """Hidden widths of the agent's actor (IQL shares one width list among its networks)."""
+    return tuple(config.actor_hidden if isinstance(config, CalQLConfig) else config.hidden)
+
+
+def make_actor(name: str, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> nn.Module:
+    """The policy network of agent `name` alone (the `actor` of its agent, same parameter
+    names), for processes that only act."""
+    if name not in _ACTORS:
+        raise ValueError(f"unknown agent {name!r}; valid names: {sorted(_ACTORS)}")
+    return _ACTORS[name](obs_dim, act_dim, tuple(hidden))
+
+
 __all__ = ["AGENT_CONFIGS", "Agent", "CalQLAgent", "CalQLConfig", "IQLAgent", "IQLConfig",
-           "make_agent"]
+           "actor_hidden", "make_actor", "make_agent"]
