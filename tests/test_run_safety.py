@@ -20,15 +20,7 @@ import torch
 from test_training import tiny_config
 
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
-from edis_core.data.minari_io import (
-    DatasetEnvWarning,
-    DatasetError,
-    _collect,
-    _write,
-    check_compatible,
-    load_dataset,
-)
-from edis_core.finite import NonFiniteError
+from edis_core.data.minari_io import DatasetError, _collect, _write, check_compatible, load_dataset
 from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.training import checkpoint
 from edis_core.training.checkpoint import CheckpointError
@@ -137,13 +129,13 @@ def test_buffers_refuse_nonfinite_rows_but_keep_unknown_returns():
     replay.add(rows(2))  # mc_returns -inf: an unknown return, allowed
     positive.add_episode(rows(2))
     for bad in (rows(2, reward=math.nan), rows(2, reward=math.inf)):
-        with pytest.raises(NonFiniteError, match="2 in rewards"):
+        with pytest.raises(ValueError, match="2 in rewards"):
             replay.add(bad)
-        with pytest.raises(NonFiniteError, match="2 in rewards"):
+        with pytest.raises(ValueError, match="2 in rewards"):
             positive.add_episode(bad)
     nan_return = rows(1)
     nan_return.mc_returns[:] = math.nan
-    with pytest.raises(NonFiniteError, match="1 in mc_returns"):
+    with pytest.raises(ValueError, match="1 in mc_returns"):
         replay.add(nan_return)
     assert len(replay) == 2 and len(positive) == 2
 
@@ -159,7 +151,7 @@ def test_a_refresh_whose_rows_are_all_nonfinite_stops_instead_of_adding_nothing(
     buffer = ReplayBuffer(64, 3, 2)
     supply = SyntheticSupply(generator, SyntheticSchedule(samples_per_refresh=32, buffer_size=64),
                              guided=False, buffer=buffer)
-    with pytest.raises(NonFiniteError, match="all 32 generated rows were non-finite"):
+    with pytest.raises(ValueError, match="all 32 generated rows were non-finite"):
         supply.refresh(100, PositiveBuffer(10), ReplayBuffer(10, 3, 2), data,
                        lambda s: s[:, :2], np.random.default_rng(0))
     assert len(buffer) == 0
@@ -206,10 +198,14 @@ def test_nonfinite_weights_are_never_saved_nor_loaded(hopper_dataset, tmp_path):
     state_path = run_dir / "checkpoint" / "state.pt"
     good = state_path.read_bytes()
 
+    from edis_core.training.run_dir import RunDirLock
+
+    trainer.lock = RunDirLock(run_dir)  # run() released it; saving needs it again
     with torch.no_grad():
         next(trainer.agent.actor.parameters()).view(-1)[0] = math.inf
-    with pytest.raises(NonFiniteError, match="non-finite weights"):
+    with pytest.raises(ValueError, match="non-finite weights"):
         trainer.save_checkpoint()
+    trainer.lock.release()
     assert state_path.read_bytes() == good
 
     state = torch.load(state_path, weights_only=True)
@@ -435,7 +431,7 @@ def test_a_negative_seed_names_the_field(hopper_dataset, tmp_path, capsys):
 def test_data_of_another_env_version_warns(minari_root, tmp_path, capsys):
     write_dataset("safety/hopper-v4-v0", env_id="Hopper-v4")
     dataset = load_dataset("safety/hopper-v4-v0")
-    with pytest.warns(DatasetEnvWarning, match="collected in Hopper-v4 .* runs Hopper-v5"):
+    with pytest.warns(UserWarning, match="collected in Hopper-v4 .* runs Hopper-v5"):
         check_compatible(dataset, gym.make("Hopper-v5"))
     code, _, err = edis(capsys, "train", "--dataset", "safety/hopper-v4-v0", "--run-dir",
                         str(tmp_path / "run"), "--set", "env_id=Hopper-v5", *SHORT)
@@ -462,7 +458,10 @@ def test_an_interrupt_while_loading_is_one_line_and_130(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "cmd_data_info", interrupted)
-    code, _, err = edis(capsys, "data", "info", "x/y-v0")
+    try:
+        code, _, err = edis(capsys, "data", "info", "x/y-v0")
+    except KeyboardInterrupt:  # escaping, it would end the whole test session
+        pytest.fail("KeyboardInterrupt escaped `edis`")
     assert code == 130
     assert err.strip() == "edis: interrupted"
 

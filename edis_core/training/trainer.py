@@ -168,7 +168,7 @@ class Trainer:
         lock = RunDirLock(run_dir)
         try:
             trainer = cls(config, run_dir)
-            trainer._restore(accept_changed_data, changed_hint="--accept-changed-data")
+            trainer._restore(accept_changed_data)
         except BaseException:
             lock.release()
             raise
@@ -179,16 +179,14 @@ class Trainer:
     def inspect(cls, run_dir: Path) -> Trainer:
         """A run at its latest checkpoint, read only (diagnostics): no lock, nothing written."""
         trainer = cls(read_run_config(run_dir), run_dir)
-        trainer._restore(accept_changed_data=True, changed_hint="read anyway")
+        trainer._restore(accept_changed_data=True)
         return trainer
 
     def run(self) -> dict[str, Any]:
         """Run the phases to the end or to a stop signal ("completed" / "interrupted"); a
         non-finite loss or value ends it "failed" without saving, keeping the last checkpoint.
         The run directory's lock is released on return."""
-        if self.lock is None or not self.lock.held:
-            raise RuntimeError("only a Trainer from Trainer.create or Trainer.load can run: "
-                               "they own the run directory")
+        self._require_owner()
         try:
             self.log.truncate_after(self.steps)  # a resume rewrites what followed its checkpoint
             with self.stop:  # handlers stay ours until the final checkpoint is on disk
@@ -200,6 +198,11 @@ class Trainer:
                 return self._finish("interrupted" if self._stopping else "completed")
         finally:
             self.lock.release()
+
+    def _require_owner(self) -> None:
+        if self.lock is None or not self.lock.held:
+            raise RuntimeError("only a Trainer from Trainer.create or Trainer.load, before its "
+                               "run() returned, owns the run directory and may write to it")
 
     def _run_phases(self) -> None:
         if self.phase == "prior":
@@ -334,6 +337,7 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
+        self._require_owner()
         state: dict[str, Any] = {"agent": self.agent.state_dict(),
                                  "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -354,9 +358,9 @@ class Trainer:
         self.checkpointed = dict(self.steps)
         return path
 
-    def _restore(self, accept_changed_data: bool, changed_hint: str) -> None:
+    def _restore(self, accept_changed_data: bool) -> None:
         state, progress, directory = checkpoint.load(self.run_dir)
-        self._check_provenance(progress, accept_changed_data, changed_hint)
+        self._check_provenance(progress, accept_changed_data)
         try:
             self.agent.load_state_dict(state["agent"])
             torch.set_rng_state(state["torch_rng"])
@@ -384,7 +388,7 @@ class Trainer:
         # An episode in progress at checkpoint time is not resumable (the simulator
         # state is not saved): the online phase restarts with a fresh episode.
 
-    def _check_provenance(self, progress: dict[str, Any], accept: bool, hint: str) -> None:
+    def _check_provenance(self, progress: dict[str, Any], accept: bool) -> None:
         """The dataset and environment must be those the checkpoint was made on."""
         changed = (provenance.changes("dataset", progress.get("dataset"), self.data_fingerprint)
                    + provenance.changes("environment", progress.get("env"),
@@ -396,7 +400,7 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"the data of {self.run_dir} changed since its checkpoint: {listing}. Restore "
                 f"them, or continue on the new ones with `edis train --resume {self.run_dir} "
-                f"{hint}`")
+                "--accept-changed-data`")
         warnings.warn(f"the data of {self.run_dir} changed since its checkpoint ({listing}); "
                       "continuing on the new ones", provenance.ChangedDataWarning, stacklevel=3)
 
