@@ -191,6 +191,27 @@ def test_a_nonfinite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(hoppe
     assert records[-1]["kind"] == "failure" and records[-1]["step"] == 130
 
 
+def test_a_nonfinite_observation_from_the_env_fails_the_run_at_its_step(hopper_dataset,
+                                                                        tmp_path):
+    trainer = Trainer.create(tiny_config(hopper_dataset), tmp_path / "run")
+    real_step = trainer.env.step
+    online_steps = iter(range(1, 10_000))
+
+    def step_going_nan_at_150(action):
+        obs, reward, terminated, truncated, info = real_step(action)
+        if next(online_steps) == 150:
+            obs = np.full_like(obs, math.nan)
+        return obs, reward, terminated, truncated, info
+
+    trainer.env.step = step_going_nan_at_150
+    summary = trainer.run()
+    assert summary["status"] == "failed"
+    assert "online step 150: rows added to a ReplayBuffer" in summary["error"]
+    assert "11 in next_observations" in summary["error"]
+    assert "last good checkpoint (offline step 40, online step 100)" in summary["error"]
+    assert len(trainer.replay) == 149  # the NaN row never got in
+
+
 def test_nonfinite_weights_are_never_saved_nor_loaded(hopper_dataset, tmp_path):
     run_dir = tmp_path / "run"
     trainer = Trainer.create(tiny_config(hopper_dataset, extra=["online_steps=0"]), run_dir)
