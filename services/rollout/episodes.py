@@ -45,7 +45,11 @@ class Episode:
 
 @dataclass
 class EpisodeBlock:
-    """What one finished sample call returns."""
+    """What one finished sample call returns.
+
+    Received through Ray, its arrays are read-only views of Ray's object store (kept alive
+    while referenced): copy rows before writing to them in place or holding them for long.
+    """
 
     transitions: Transitions
     """Whole episodes concatenated in order."""

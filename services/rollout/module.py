@@ -35,6 +35,9 @@ class PolicyModule(TorchRLModule):
     def setup(self) -> None:
         self.actor = make_actor(self.model_config["agent"], self.observation_space.shape[0],
                                 self.action_space.shape[0], self.model_config["hidden"])
+        # Acting only. In eval mode from the start, TorchRLModule's forward_exploration does
+        # not switch the module back to train mode after every step (a measurable cost).
+        self.eval()
 
     @torch.no_grad()
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import numpy as np
 import ray
 import torch
 
+from edis_core.training.envs import ActionScaler, make_env
 from services.rollout.actors import RayActors
 from services.rollout.backend import Backend
 from services.rollout.episodes import EpisodeBlock
@@ -17,6 +18,20 @@ from services.rollout.spec import RolloutSpec
 BACKENDS: dict[str, type[Backend]] = {"ray": RayActors, "rllib": RLlibRunners}
 # The faster of the two in benchmarks/bench_runtime.py (section "rollouts").
 DEFAULT_BACKEND = "ray"
+
+
+def check_env(spec: RolloutSpec) -> None:
+    """Refuse, before any actor starts, an env that cannot be made or does not fit the spec."""
+    env = make_env(spec.env_id, spec.seed)
+    try:
+        ActionScaler.for_space(env.action_space)
+        shapes = env.observation_space.shape, env.action_space.shape
+    finally:
+        env.close()
+    if shapes != ((spec.obs_dim,), (spec.act_dim,)):
+        raise ValueError(f"{spec.env_id} has observation and action shapes {shapes[0]} and "
+                         f"{shapes[1]}; the spec says obs_dim {spec.obs_dim}, "
+                         f"act_dim {spec.act_dim}")
 
 
 class RolloutPool:
@@ -41,6 +56,7 @@ class RolloutPool:
                              f"and {calls_in_flight}")
         if not ray.is_initialized():
             raise RuntimeError("Ray is not running: call ray.init(...) before making a pool")
+        check_env(spec)
         self.spec, self.backend_name = spec, backend
         self._reference = spec.make_actor()  # checks weights before they are published
         self._backend = BACKENDS[backend](spec, num_actors, calls_in_flight)
@@ -100,8 +116,9 @@ class RolloutPool:
         return list(self._pids)
 
     def deterministic_actions(self, observations: np.ndarray) -> list[np.ndarray]:
-        """Each actor's deterministic actions for `observations`, computed inside the actor
-        with the current policy (waits behind the actor's calls in flight)."""
+        """Each healthy actor's deterministic actions for `observations`, in actor order,
+        computed inside the actor with the current policy (waits behind its calls in
+        flight)."""
         if self._weights_ref is None:
             raise RuntimeError("no policy published: call set_policy first")
         answers = self._backend.deterministic_actions(self._weights_ref, self._version,

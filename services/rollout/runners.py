@@ -42,6 +42,7 @@ SAMPLE = "sample"
 # How long one wait on RLlib's requests lasts before the group is asked again: its
 # `fetch_ready_async_reqs` waits for all requests or the timeout, not for the first.
 WAIT_SLICE_S = 0.01
+# While a runner is out of service, each launch waits this long for it to answer a ping.
 PROBE_TIMEOUT_S = 0.05
 
 
@@ -151,8 +152,9 @@ class EpisodeRunner(SingleAgentEnvRunner):
 
 
 class RLlibRunners:
-    """Rollout actors as RLlib env runners; the group restarts a dead one, the pool probes
-    it back into service."""
+    """Rollout actors as RLlib env runners; Ray restarts a dead one and a ping brings it back
+    into service. RLlib's fault tolerance treats a call that raises like a dead runner's: it
+    is counted lost and the runner probed back, where the plain backend raises the error."""
 
     def __init__(self, spec: RolloutSpec, num_actors: int, calls_in_flight: int) -> None:
         self.spec, self.calls_in_flight = spec, calls_in_flight
@@ -165,6 +167,7 @@ class RLlibRunners:
                                "started: see the Ray worker logs")
         self.pids = [pid for _, pid in sorted(identities)]
         self.calls = [0] * num_actors  # in flight, per actor
+        self.lost = 0  # calls lost since the last wait
 
     @staticmethod
     def payload(weights: dict[str, torch.Tensor]) -> Any:
@@ -177,6 +180,7 @@ class RLlibRunners:
         return {COMPONENT_RL_MODULE: weights_ref, WEIGHTS_SEQ_NO: version}
 
     def launch(self, count: int, weights_ref: ray.ObjectRef, version: int) -> int:
+        self._drop_unhealthy()
         if self.group.num_healthy_remote_workers() < len(self.pids):
             # Back in service once a restarted runner answers a ping.
             self.group.probe_unhealthy_env_runners(timeout_seconds=PROBE_TIMEOUT_S)
@@ -204,19 +208,20 @@ class RLlibRunners:
                                                           deadline - time.monotonic())))
             for runner_id, _ in results:
                 self.calls[runner_id - 1] -= 1
-            lost = self._drop_unhealthy()
-            if results or lost or time.monotonic() >= deadline or not self.in_flight():
+            self._drop_unhealthy()
+            if (results or self.lost or time.monotonic() >= deadline
+                    or not self.in_flight()):
+                lost, self.lost = self.lost, 0
                 return [result for _, result in results], lost
 
-    def _drop_unhealthy(self) -> int:
-        """A runner that failed a call is out of service and RLlib forgets its requests."""
+    def _drop_unhealthy(self) -> None:
+        """A runner that failed a call (of any kind) is out of service and RLlib forgets
+        its requests: count them lost before a probe can bring the runner back."""
         healthy = {runner_id - 1 for runner_id in self.group.healthy_env_runner_ids()}
-        lost = 0
         for index, calls in enumerate(self.calls):
             if index not in healthy:
-                lost += calls
+                self.lost += calls
                 self.calls[index] = 0
-        return lost
 
     def in_flight(self) -> int:
         return sum(self.calls)
