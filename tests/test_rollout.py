@@ -284,6 +284,8 @@ def test_a_pool_refuses_bad_arguments(ray_cluster):
         RolloutPool(spec_for("iql"), 1, backend="threads")
     with pytest.raises(ValueError, match="num_actors"):
         RolloutPool(spec_for("iql"), 0)
+    with pytest.raises(ValueError, match="3 rollout actors need 3 CPUs and the Ray cluster has 2"):
+        RolloutPool(spec_for("iql"), 3)
     with pytest.raises(ValueError, match=r"the spec says obs_dim 11, act_dim 3"):
         RolloutPool(spec_for("iql", ("Walker2d-v5", 11, 3)), 1)
     with pytest.raises(ValueError, match="cannot create environment 'NoSuchEnv-v0'"):

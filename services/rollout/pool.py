@@ -56,6 +56,10 @@ class RolloutPool:
                              f"and {calls_in_flight}")
         if not ray.is_initialized():
             raise RuntimeError("Ray is not running: call ray.init(...) before making a pool")
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < num_actors:
+            raise ValueError(f"{num_actors} rollout actors need {num_actors} CPUs and the Ray "
+                             f"cluster has {cpus:g}: start Ray with more CPUs or fewer actors")
         check_env(spec)
         self.spec, self.backend_name = spec, backend
         self._reference = spec.make_actor()  # checks weights before they are published
