@@ -25,7 +25,8 @@ from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.training import checkpoint
 from edis_core.training.checkpoint import CheckpointError
 from edis_core.training.config import SyntheticSchedule
-from edis_core.training.synthetic import SyntheticSupply
+from edis_core.training.synthetic import InProcessSupply
+from edis_core.training.synthetic_table import SyntheticRateLimit, SyntheticTable
 from edis_core.training.trainer import Trainer
 from edis_core.transitions import Transitions
 from services.cli import main
@@ -148,13 +149,13 @@ def test_a_refresh_whose_rows_are_all_nonfinite_stops_instead_of_adding_nothing(
     with torch.no_grad():
         for weight in generator.prior.sampler_net().parameters():  # a prior broken by NaN
             weight.fill_(math.nan)
-    buffer = ReplayBuffer(64, 3, 2)
-    supply = SyntheticSupply(generator, SyntheticSchedule(samples_per_refresh=32, buffer_size=64),
-                             guided=False, buffer=buffer)
+    table = SyntheticTable(64, 3, 2, SyntheticRateLimit())
+    supply = InProcessSupply(generator, SyntheticSchedule(samples_per_refresh=32, buffer_size=64),
+                             guided=False, table=table)
     with pytest.raises(ValueError, match="all 32 generated rows were non-finite"):
-        supply.refresh(100, PositiveBuffer(10), ReplayBuffer(10, 3, 2), data,
-                       lambda s: s[:, :2], np.random.default_rng(0))
-    assert len(buffer) == 0
+        supply.maintain(100, PositiveBuffer(10), ReplayBuffer(10, 3, 2), data,
+                        lambda s: s[:, :2], np.random.default_rng(0))
+    assert len(table) == 0
 
 
 def test_a_nonfinite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(hopper_dataset,

@@ -60,7 +60,7 @@ def test_edis_run_refreshes_guided_synthetic_data(hopper_dataset, tmp_path):
     assert all(r["generated"] > 0 for r in refreshes)
     assert any(k.startswith("energy/") for k in refreshes[0])
     assert all(np.isfinite(r["prior_loss"]) for r in refreshes)
-    assert len(trainer.synthetic_buffer) > 0
+    assert len(trainer.synthetic) > 0
 
 
 def test_a_run_saved_before_the_sampler_options_resumes_with_its_own_sampler(hopper_dataset,

@@ -1,4 +1,4 @@
-"""The one configuration of an offline-to-online run (`edis train`)."""
+"""The one configuration of an offline-to-online run (`edis train` and `edis run`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Literal
 from edis_core.agents.calql import CalQLConfig
 from edis_core.agents.iql import IQLConfig
 from edis_core.generator import EDISConfig
+from edis_core.training.synthetic_table import SyntheticRateLimit
 
 SyntheticMode = Literal["none", "unguided", "edis"]
 
@@ -34,6 +35,8 @@ class SyntheticSchedule:
     prior_steps_per_refresh: int = 0
     """Warm-started prior training before each refresh on all online data and as many
     offline rows (EDIS.md §2: optional); 0 keeps the prior as it left the offline phase."""
+    rate_limit: SyntheticRateLimit = field(default_factory=SyntheticRateLimit)
+    """How fresh synthetic rows must be and how often each may be drawn."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -47,6 +50,32 @@ class SyntheticSchedule:
         if self.samples_per_refresh > self.buffer_size:
             raise ValueError("schedule.samples_per_refresh must not exceed schedule.buffer_size "
                              f"({self.samples_per_refresh} > {self.buffer_size})")
+
+
+@dataclass
+class RuntimeConfig:
+    """The distributed runtime of `edis run` (services/learner); `edis train` ignores it."""
+
+    actors: int = 2
+    """Rollout actors on Ray, one CPU and one torch thread each."""
+    backend: Literal["ray", "rllib"] = "ray"
+    """Plain Ray actors, or RLlib env runners (benchmarks/bench_runtime.py compares them)."""
+    steps_per_call: int = 1_000
+    """Env steps a sample call runs at least; it then finishes its episode."""
+    calls_in_flight: int = 2
+    """Sample calls in flight per actor."""
+    learner_threads: int = 1
+    """Torch threads of the learner (its background refresh runs beside the updates)."""
+    sampler_threads: int = 1
+    """Torch threads of a sampler process that `edis run` starts."""
+    stream_batch: int = 1_000
+    """Rows per batch of the sampler stream."""
+
+    def __post_init__(self) -> None:
+        for name in ("actors", "steps_per_call", "calls_in_flight", "learner_threads",
+                     "sampler_threads", "stream_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"runtime.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -80,6 +109,7 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     """In gradient steps offline and env steps online."""
     schedule: SyntheticSchedule = field(default_factory=SyntheticSchedule)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
     calql: CalQLConfig = field(default_factory=CalQLConfig)
     edis: EDISConfig = field(default_factory=EDISConfig)

@@ -1,8 +1,15 @@
-"""The synthetic-data supply of the online phase: when to refresh and what a refresh does.
+"""The synthetic data of the online phase: when to refresh, what a refresh trains, and where
+the generated rows come from.
 
-A refresh (EDIS.md §7) retrains the energies on fresh positives (guided mode only) and
-generates `samples_per_refresh` new transitions that replace the oldest ones in the
-synthetic buffer. Unguided mode (SynthER-style) only generates. Every loss it trains with is
+A refresh (EDIS.md §7) optionally continues the prior's training on offline and online data,
+and in guided mode retrains the energies on fresh positives: `SyntheticSupply.train_models`,
+the same code in both runtimes. Then:
+- `InProcessSupply` (`edis train`) generates `samples_per_refresh` transitions in the loop's
+  own thread and inserts them into the synthetic table;
+- `services.learner.sampler_supply.SamplerSupply` (`edis run`) trains in a background
+  thread, publishes the weights to the sampler service and inserts the batches it streams.
+Rows carry the version of the model that made them (the energies' in guided mode, the
+prior's otherwise), so that the table can keep only fresh ones. Every loss trained with is
 checked finite, and a batch in which the generator had to drop every row (it drops rows
 with NaN/inf) stops the run instead of silently adding nothing.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,17 +28,48 @@ from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator
 from edis_core.training.config import SyntheticSchedule
+from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Transitions
+
+Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RefreshInputs:
+    """What one refresh trains on, taken from the learner at the step it became due."""
+
+    env_step: int
+    positives: Transitions  # the positive buffer: recent whole episodes (≈ d^π)
+    online: Transitions  # online replay, oldest first
+    offline: Transitions
+    policy: Policy  # a ~ π(·|s), raw observations in, agent-unit actions out
+    rng: np.random.Generator
+
+    @classmethod
+    def take(cls, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+             offline: Transitions, policy: Policy, rng: np.random.Generator) -> RefreshInputs:
+        recent = positives.contents() if len(positives) else Transitions.empty(
+            replay.obs_dim, replay.act_dim)  # unguided refreshes need no positives
+        return cls(env_step, recent, replay.contents(), offline, policy, rng)
 
 
 class SyntheticSupply:
+    """When a refresh is due and what it trains; subclasses decide where rows come from."""
+
     def __init__(self, generator: SyntheticGenerator, schedule: SyntheticSchedule,
-                 guided: bool, buffer: ReplayBuffer):
+                 guided: bool, table: SyntheticTable):
         self.generator = generator
         self.schedule = schedule
         self.guided = guided
-        self.buffer = buffer
+        self.table = table
         self.last_refresh: int | None = None
+        self.prior_version = 0  # 1: the prior as offline training left it; +1 per online training
+        self.energy_version = 0  # +1 per energy training
+
+    @property
+    def model_version(self) -> int:
+        """The version synthetic rows are tagged with."""
+        return self.energy_version if self.guided else self.prior_version
 
     def due(self, env_step: int, positives: PositiveBuffer) -> bool:
         if self.guided and len(positives) < max(1, self.schedule.min_positive):
@@ -38,34 +77,90 @@ class SyntheticSupply:
         return self.last_refresh is None or env_step - self.last_refresh >= (
             self.schedule.refresh_every)
 
-    def refresh(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
-                offline: Transitions, policy: Callable[[torch.Tensor], torch.Tensor],
-                rng: np.random.Generator) -> dict[str, Any]:
-        start = time.perf_counter()
-        stats: dict[str, Any] = {"kind": "synthetic", "phase": "online", "step": env_step}
-        online = replay.contents()
+    def start(self) -> None:
+        """The online phase begins (or resumes): the offline-trained prior is version 1."""
+        self.prior_version = max(self.prior_version, 1)
+
+    def maintain(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                 offline: Transitions, policy: Policy,
+                 rng: np.random.Generator) -> list[dict[str, Any]]:
+        """Called once per pass of the online loop; returns metrics records to log."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop whatever the supply runs besides the loop (nothing, in process)."""
+
+    def generator_state(self) -> dict[str, Any]:
+        """The generator as a checkpoint should hold it."""
+        return self.generator.state_dict()
+
+    def train_models(self, inputs: RefreshInputs) -> dict[str, Any]:
+        """The training half of a refresh: online prior steps (if configured), then the
+        energies (guided mode); bumps the versions of what it trained."""
+        stats: dict[str, Any] = {"kind": "synthetic", "phase": "online",
+                                 "step": inputs.env_step}
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
-                _balanced(offline, online, rng), self.schedule.prior_steps_per_refresh)
+                _balanced(inputs.offline, inputs.online, inputs.rng),
+                self.schedule.prior_steps_per_refresh)
             check_losses(stats, "online prior training")
+            self.prior_version += 1
         if self.guided:
+            online = inputs.online
             real = online.take(slice(max(0, len(online) - self.schedule.real_sample), None))
             energy_stats = self.generator.train_energies(
-                positives.contents(), real, policy, self.generator.config.energy_steps)
+                inputs.positives, real, inputs.policy, self.generator.config.energy_steps)
             check_losses(energy_stats, "energy training")
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
+            self.energy_version += 1
+        return stats
+
+    # ----- checkpoints: plain values for progress.json -------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"last_refresh": self.last_refresh, "prior_version": self.prior_version,
+                "energy_version": self.energy_version, "table": self.table.state()}
+
+    def load_state(self, state: dict[str, Any], synthetic: ReplayBuffer) -> None:
+        """`state` from `state()`, or the bare `last_refresh` of checkpoints written before
+        versions existed (their prior counts as version 1, trained energies as version 1)."""
+        self.last_refresh = state["last_refresh"]
+        self.prior_version = state.get("prior_version", 1)
+        self.energy_version = state.get("energy_version", int(self.generator.energies_trained))
+        table = state.get("table") or {
+            "chunks": [[self.model_version, len(synthetic)]] if len(synthetic) else [],
+            "version": self.model_version, "inserted": len(synthetic), "sampled": 0,
+            "dropped_stale": 0}
+        self.table.load(synthetic, table)
+
+
+class InProcessSupply(SyntheticSupply):
+    """`edis train`: each refresh trains, then generates `samples_per_refresh` rows here."""
+
+    def maintain(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                 offline: Transitions, policy: Policy,
+                 rng: np.random.Generator) -> list[dict[str, Any]]:
+        if not self.due(env_step, positives):
+            return []
+        start = time.perf_counter()
+        stats = self.train_models(RefreshInputs.take(env_step, positives, replay, offline,
+                                                     policy, rng))
         dropped_before = self.generator.dropped_rows
         samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
         dropped = self.generator.dropped_rows - dropped_before
         if len(samples) == 0:
             raise NonFiniteError(f"synthetic refresh: all {dropped} generated rows were "
                                  "non-finite (the prior or the energies hold NaN/inf)")
-        np.clip(samples.actions, -1.0, 1.0, out=samples.actions)  # the agents' action box
-        self.buffer.add(samples)  # the buffer refuses NaN/inf rows
+        self.table.insert(clip_actions(samples), self.model_version)
         self.last_refresh = env_step
-        stats.update(generated=len(samples), dropped_nonfinite=dropped, buffer=len(self.buffer),
+        stats.update(generated=len(samples), dropped_nonfinite=dropped, buffer=len(self.table),
                      refresh_seconds=time.perf_counter() - start)
-        return stats
+        return [stats]
+
+
+def clip_actions(samples: Transitions) -> Transitions:
+    """Generated actions into the agents' action box [-1, 1] (in place)."""
+    np.clip(samples.actions, -1.0, 1.0, out=samples.actions)
+    return samples
 
 
 def _balanced(offline: Transitions, online: Transitions,
@@ -80,4 +175,3 @@ def _balanced(offline: Transitions, online: Transitions,
     """
     n = min(len(offline), len(online))
     return Transitions.concatenate([offline.take(rng.integers(0, len(offline), n)), online])
-

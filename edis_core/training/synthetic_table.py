@@ -102,9 +102,13 @@ class SyntheticTable:
         if len(kept):
             self.buffer.add(kept)
 
+    def allowance(self, n: int) -> int:
+        """How many of n wanted rows the buffer and the draw credit allow now."""
+        return int(min(n, max(0.0, self.credit))) if len(self.buffer) else 0
+
     def sample(self, n: int, rng: np.random.Generator) -> Transitions:
-        """Up to n rows, as many as the buffer and the draw credit allow (possibly none)."""
-        allowed = int(min(n, max(0.0, self.credit))) if len(self.buffer) else 0
+        """Up to n rows, as many as `allowance(n)` (possibly none)."""
+        allowed = self.allowance(n)
         self.sampled += allowed
         if allowed == 0:
             return Transitions.empty(self.buffer.obs_dim, self.buffer.act_dim)

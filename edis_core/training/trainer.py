@@ -1,10 +1,15 @@
-"""The offline-to-online learner loop in one process.
+"""The offline-to-online learner loop: one loop for `edis train` and `edis run`.
 
 Phases, each resumable from a checkpoint at the step it reached:
   prior    (synthetic != none) train the diffusion prior on the offline dataset (EDIS.md §2)
   offline  pre-train the agent on the offline dataset
-  online   act in the environment, fill replay and positive buffers, refresh the
-           synthetic buffer on schedule, update the agent on mixed batches (EDIS.md §7)
+  online   collect online transitions into the replay and positive buffers, keep the
+           synthetic table supplied, update the agent on mixed batches (EDIS.md §7)
+
+A `Runtime` decides where online transitions and synthetic rows come from: `InProcess`
+(here: one environment stepped in this process, a generator refreshed in this thread) or
+services/learner's distributed runtime (rollout actors, the sampler service). The loop,
+buffers, agent updates, energy training, evaluation and checkpoints are the same code.
 
 Run safety lives in small pieces the loop only calls: the run directory's lock
 (run_dir.RunDirLock), the finite checks on data, weights and losses (edis_core.finite), the
@@ -19,7 +24,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +42,7 @@ from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
+from edis_core.training.online import LocalEnvSource, OnlineSource
 from edis_core.training.run_dir import RunDirLock, check_fresh_start
 from edis_core.training.run_log import (
     METRICS_FILE,
@@ -47,11 +53,37 @@ from edis_core.training.run_log import (
     write_summary,
 )
 from edis_core.training.signals import GracefulStop
-from edis_core.training.synthetic import SyntheticSupply
+from edis_core.training.synthetic import InProcessSupply, SyntheticSupply
+from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
 
 CONFIG_FILE = "config.yaml"
 PHASES = ("prior", "offline", "online", "done")
+# Agent updates per pass of the online loop at most, so that a large block of transitions
+# (rollout actors) does not keep the loop from its other duties for long.
+MAX_UPDATES_PER_PASS = 64
+
+
+class Runtime(Protocol):
+    """Where a run's online transitions and synthetic rows come from."""
+
+    def online_source(self, trainer: Trainer) -> OnlineSource: ...
+
+    def synthetic_supply(self, trainer: Trainer,
+                         generator: SyntheticGenerator) -> SyntheticSupply: ...
+
+
+class InProcess:
+    """`edis train`: everything in this process and thread."""
+
+    def online_source(self, trainer: Trainer) -> OnlineSource:
+        return LocalEnvSource(trainer.env, trainer.scaler, trainer.config.seed)
+
+    def synthetic_supply(self, trainer: Trainer,
+                         generator: SyntheticGenerator) -> SyntheticSupply:
+        return InProcessSupply(generator, trainer.config.schedule,
+                               guided=trainer.config.synthetic == "edis",
+                               table=trainer.synthetic)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,9 +125,10 @@ class Trainer:
     Construction writes nothing: `create` and `load` take the run directory's lock and are
     the two ways to get a Trainer that runs; `inspect` reads a run without owning it."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path):
+    def __init__(self, config: TrainConfig, run_dir: Path, runtime: Runtime | None = None):
         self.config = config
         self.run_dir = run_dir
+        self.runtime = runtime or InProcess()
         self.lock: RunDirLock | None = None
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -116,17 +149,18 @@ class Trainer:
         self.agent = make_agent(config.agent, config.agent_config, obs_dim, act_dim, self.device)
         self.replay = ReplayBuffer(config.replay_capacity, obs_dim, act_dim)
         self.positive = PositiveBuffer(config.positive_capacity)
-        self.synthetic_buffer = ReplayBuffer(config.schedule.buffer_size, obs_dim, act_dim)
+        self.synthetic = SyntheticTable(config.schedule.buffer_size, obs_dim, act_dim,
+                                        config.schedule.rate_limit)
         self.supply = self._build_supply(obs_dim, act_dim)
-        self.mixer = BatchMixer(self.offline, self.replay, self.synthetic_buffer,
+        self.mixer = BatchMixer(self.offline, self.replay, self.synthetic,
                                 config.batch_size, config.schedule.ratio, config.offline_ratio)
+        self.online: OnlineSource = self.runtime.online_source(self)
         self.log = MetricsLog(run_dir)
 
         self.phase = "prior" if self.supply is not None else "offline"
         self.steps = {"prior": 0, "offline": 0, "online": 0}
-        self.episode_rows: list[int] = []
-        self.episode: list[Transitions] = []
-        self.obs: np.ndarray | None = None
+        self.updates = 0  # agent updates of the online phase: utd_ratio per env step
+        self.last_losses: dict[str, float] = {}
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
 
@@ -140,16 +174,15 @@ class Trainer:
             return None
         generator = SyntheticGenerator(obs_dim, act_dim, self.config.edis,
                                        mode=mode, device=self.device, seed=self.config.seed)
-        return SyntheticSupply(generator, self.config.schedule, guided=mode == "edis",
-                               buffer=self.synthetic_buffer)
+        return self.runtime.synthetic_supply(self, generator)
 
     # ----------------------------------------------------------------- running
     @classmethod
-    def create(cls, config: TrainConfig, run_dir: Path) -> Trainer:
+    def create(cls, config: TrainConfig, run_dir: Path, runtime: Runtime | None = None) -> Trainer:
         """A new run in `run_dir`, created only once the dataset, environment and device
         are known to work; the folder must be missing, empty or a run without checkpoint."""
         check_fresh_start(run_dir)
-        trainer = cls(config, run_dir)
+        trainer = cls(config, run_dir, runtime)
         trainer.lock = RunDirLock.for_fresh_run(
             run_dir, replaced=(CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE))
         try:
@@ -161,13 +194,14 @@ class Trainer:
         return trainer
 
     @classmethod
-    def load(cls, run_dir: Path, accept_changed_data: bool = False) -> Trainer:
+    def load(cls, run_dir: Path, accept_changed_data: bool = False,
+             runtime: Runtime | None = None) -> Trainer:
         """Continue a run from its latest checkpoint; refuses a dataset or environment that
         changed since then unless `accept_changed_data`."""
         config = read_run_config(run_dir)
         lock = RunDirLock(run_dir)
         try:
-            trainer = cls(config, run_dir)
+            trainer = cls(config, run_dir, runtime)
             trainer._restore(accept_changed_data)
         except BaseException:
             lock.release()
@@ -197,6 +231,9 @@ class Trainer:
                     return self._fail(err)
                 return self._finish("interrupted" if self._stopping else "completed")
         finally:
+            self.online.close()
+            if self.supply is not None:
+                self.supply.close()
             self.lock.release()
 
     def _require_owner(self) -> None:
@@ -251,59 +288,71 @@ class Trainer:
             self.phase = "online"
 
     def _run_online(self) -> None:
-        total = self.config.online_steps
-        if self.obs is None:
-            self.obs, _ = self.env.reset(seed=self.config.seed + self.steps["online"])
+        """Collect, keep the synthetic table supplied, then do the agent updates the new
+        transitions allow (`utd_ratio` per env step, EDIS.md §7). With the in-process
+        runtime each pass is one env step, a refresh when due, and `utd_ratio` updates."""
+        total, utd = self.config.online_steps, self.config.utd_ratio
+        self.online.start(self)
+        if self.supply is not None:
+            self.supply.start()
         with self._progress("online fine-tuning", "online", total) as bar:
             while self.steps["online"] < total and not self._stopping:
-                self.steps["online"] += 1  # first, so an episode ending now is logged at it
-                self._env_step()
-                bar.update(1)
-                self._maybe_refresh()
-                losses: dict[str, float] = {}
-                for _ in range(self.config.utd_ratio):
-                    losses = self._update_agent(self.mixer.sample_online(self.rng))
-                self._after_step("online", losses, self.config.online_eval_every)
+                before = self.steps["online"]
+                self.online.collect(self, wait=before * utd <= self.updates)
+                bar.update(self.steps["online"] - before)
+                self._maintain_synthetic()
+                owed = self.steps["online"] * utd - self.updates
+                for _ in range(min(owed, MAX_UPDATES_PER_PASS)):
+                    self.last_losses = self._update_agent(self.mixer.sample_online(self.rng))
+                    self.updates += 1
+                self._after_online_pass(before)
+
+    def record_episode(self, episode: Transitions, replay_rows: np.ndarray | None = None) -> None:
+        """A finished episode: label it with its return-to-go (Cal-QL's reference), store it
+        in replay (unless its rows are there already, at `replay_rows`) and in the positive
+        buffer, and log it at the current env step."""
+        episode.mc_returns = discounted_returns_to_go(episode.rewards, self._gamma)
+        if replay_rows is None:
+            self.replay.add(episode)
+        else:
+            self.replay.set_mc_returns(replay_rows, episode.mc_returns)
+        self.positive.add_episode(episode)
+        self.log.write({"kind": "episode", "phase": "online", "step": self.steps["online"],
+                        "return": float(episode.rewards.sum()), "length": len(episode)})
 
     def _update_agent(self, batch: Transitions) -> dict[str, float]:
         losses = self.agent.update(Batch.from_transitions(batch, self.device))
         check_losses(losses, "agent update")
         return losses
 
-    def _env_step(self) -> None:
-        assert self.obs is not None
-        action = self.agent.act(self.obs[None].astype(np.float32), deterministic=False)[0]
-        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
-        row = Transitions(
-            observations=self.obs[None].astype(np.float32), actions=action[None],
-            rewards=np.array([reward], np.float32),
-            next_observations=next_obs[None].astype(np.float32),
-            terminals=np.array([float(terminated)], np.float32),
-            timeouts=np.array([float(truncated)], np.float32),
-            mc_returns=np.array([-np.inf], np.float32))
-        self.episode_rows.extend(self.replay.add(row).tolist())
-        self.episode.append(row)
-        self.obs = next_obs
-        if terminated or truncated:
-            self._end_episode()
-
-    def _end_episode(self) -> None:
-        """Label the episode with its return-to-go (Cal-QL) and push it to the positive buffer."""
-        episode = Transitions.concatenate(self.episode)
-        episode.mc_returns = discounted_returns_to_go(episode.rewards, self._gamma)
-        self.replay.set_mc_returns(np.asarray(self.episode_rows), episode.mc_returns)
-        self.positive.add_episode(episode)
-        self.log.write({"kind": "episode", "phase": "online", "step": self.steps["online"],
-                        "return": float(episode.rewards.sum()), "length": len(episode)})
-        self.episode, self.episode_rows = [], []
-        self.obs, _ = self.env.reset()
-
-    def _maybe_refresh(self) -> None:
-        if self.supply is None or not self.supply.due(self.steps["online"], self.positive):
+    def _maintain_synthetic(self) -> None:
+        if self.supply is None:
             return
-        stats = self.supply.refresh(self.steps["online"], self.positive, self.replay,
-                                    self.offline, self.agent.sample_actions, self.rng)
-        self.log.write(stats)
+        for record in self.supply.maintain(self.steps["online"], self.positive, self.replay,
+                                           self.offline, self.agent.sample_actions, self.rng):
+            self.log.write(record)
+
+    def _after_online_pass(self, before: int) -> None:
+        """Logging, evaluation and checkpoints at every boundary the pass crossed."""
+        after, total = self.steps["online"], self.config.online_steps
+
+        def crossed(every: int) -> bool:
+            return before // every != after // every
+
+        if crossed(self.config.log_every):
+            self.log.write({"kind": "train", "phase": "online", "step": after,
+                            **self.last_losses, **self._source_stats()})
+        if crossed(self.config.online_eval_every) or after >= total > before:
+            self._evaluate("online")
+        self._maybe_checkpoint("online", after - before)
+
+    def _source_stats(self) -> dict[str, float]:
+        stats = dict(self.online.stats())
+        if self.supply is not None:
+            table = self.synthetic
+            stats.update(synthetic_rows=len(table), synthetic_version=table.version,
+                         synthetic_credit=table.credit)
+        return stats
 
     def _after_step(self, phase: str, losses: dict[str, float], eval_every: int) -> None:
         step = self.steps[phase]
@@ -344,12 +393,12 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         buffers: dict[str, Any] = {"replay": self.replay, "positive": self.positive}
         if self.supply is not None:
-            state["generator"] = self.supply.generator.state_dict()
-            buffers["synthetic"] = self.synthetic_buffer
+            state["generator"] = self.supply.generator_state()
+            buffers["synthetic"] = self.synthetic.buffer
         progress = {
-            "phase": self.phase, "steps": self.steps,
+            "phase": self.phase, "steps": self.steps, "online_updates": self.updates,
             "numpy_rng": self.rng.bit_generator.state,
-            "last_refresh": self.supply.last_refresh if self.supply else None,
+            "synthetic": self.supply.state() if self.supply else None,
             "env_id": self.env.spec.id if self.env.spec else None,
             "obs_dim": self.offline.obs_dim, "act_dim": self.offline.act_dim,
             "dataset": self.data_fingerprint, "env": provenance.environment_spec(self.env),
@@ -368,9 +417,11 @@ class Trainer:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             if self.supply is not None:
                 self.supply.generator.load_state_dict(state["generator"])
-                self.supply.last_refresh = progress["last_refresh"]
             self.rng.bit_generator.state = progress["numpy_rng"]
             self.phase, self.steps = progress["phase"], progress["steps"]
+            # Checkpoints from before the counter existed: updates kept pace with env steps.
+            self.updates = progress.get("online_updates",
+                                        self.steps["online"] * self.config.utd_ratio)
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise checkpoint.CheckpointError(
                 f"checkpoint in {directory} does not match this run's configuration "
@@ -378,15 +429,18 @@ class Trainer:
         self.replay = checkpoint.load_buffer(directory, "replay", ReplayBuffer.load)
         self.positive = checkpoint.load_buffer(directory, "positive", PositiveBuffer.load)
         if self.supply is not None:
-            self.synthetic_buffer = checkpoint.load_buffer(directory, "synthetic",
-                                                           ReplayBuffer.load)
-            self.supply.buffer = self.synthetic_buffer
+            synthetic = checkpoint.load_buffer(directory, "synthetic", ReplayBuffer.load)
+            try:  # checkpoints from before versions kept only `last_refresh`
+                self.supply.load_state(progress.get("synthetic")
+                                       or {"last_refresh": progress["last_refresh"]}, synthetic)
+            except (KeyError, ValueError, TypeError) as err:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint in {directory}: its synthetic-data record does not fit "
+                    f"({type(err).__name__}: {err})") from err
         self.checkpointed = dict(self.steps)
-        self.mixer = BatchMixer(self.offline, self.replay, self.synthetic_buffer,
+        self.mixer = BatchMixer(self.offline, self.replay, self.synthetic,
                                 self.config.batch_size, self.config.schedule.ratio,
                                 self.config.offline_ratio)
-        # An episode in progress at checkpoint time is not resumable (the simulator
-        # state is not saved): the online phase restarts with a fresh episode.
 
     def _check_provenance(self, progress: dict[str, Any], accept: bool) -> None:
         """The dataset and environment must be those the checkpoint was made on."""
