@@ -1,9 +1,11 @@
-"""`edis`: the one entry point, used by `make run`, the tests and (later) the services.
+"""`edis`: the one entry point, used by `make run`, the tests and the services.
 
   edis data make --env Hopper-v5 --policy random --steps 20000 --dataset-id hopper/random-v0
   edis data info hopper/random-v0
   edis train --agent iql --dataset hopper/random-v0 --seed 0 --run-dir runs/x [--profile smoke]
   edis train --resume runs/x [--accept-changed-data]
+  edis run --agent iql --dataset hopper/random-v0 --run-dir runs/y [--actors 2]   # distributed
+  edis run --resume runs/y
   edis diagnose runs/x
   edis demo                      # the embedded default that `make run` starts
   edis sampler serve --port 50051     # the diffusion-sampler service (gRPC)
@@ -17,7 +19,11 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edis_core.training.config import TrainConfig
+    from edis_core.training.trainer import Trainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the network at run time
 
@@ -74,28 +80,73 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", choices=["iql", "calql"])
+    parser.add_argument("--dataset")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--synthetic", choices=["none", "unguided", "edis"])
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--run-dir")
+    parser.add_argument("--profile", help="a YAML profile under configs/ (default: default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field, e.g. --set iql.expectile=0.8")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    parser.add_argument("--accept-changed-data", action="store_true",
+                        help="with --resume: continue even though the dataset or environment "
+                             "changed since the checkpoint")
+
+
+def _new_config(args: argparse.Namespace) -> TrainConfig | None:
+    """The config of a new run from the flags, or None with --resume (after checking that
+    no flag would be ignored)."""
     from edis_core.config import build
     from edis_core.training.config import TrainConfig
-    from edis_core.training.trainer import Trainer
 
+    runtime_flags = {"runtime": {k: v for k in ("actors", "backend")
+                                 if (v := getattr(args, k, None)) is not None}}
     if args.resume:
         given = [name for name in ("agent", "dataset", "seed", "synthetic", "device", "run_dir",
-                                   "profile") if getattr(args, name) is not None] + (
-            ["set"] if args.set else [])
+                                   "profile", *runtime_flags["runtime"])
+                 if getattr(args, name) is not None] + (["set"] if args.set else [])
         if given:
             raise ValueError(f"--resume continues a run with its saved config; drop {given}")
+        return None
+    if args.run_dir is None:
+        raise ValueError(f"edis {args.command} needs --run-dir DIR (or --resume DIR)")
+    if args.accept_changed_data:
+        raise ValueError("--accept-changed-data only applies with --resume RUN_DIR")
+    fields = {"agent": args.agent, "dataset": args.dataset, "seed": args.seed,
+              "synthetic": args.synthetic, "device": args.device, **runtime_flags}
+    return build(TrainConfig, args.profile or "default", fields, args.set)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edis_core.training.trainer import Trainer
+
+    config = _new_config(args)
+    if config is None:
         trainer = Trainer.load(Path(args.resume), accept_changed_data=args.accept_changed_data)
     else:
-        if args.run_dir is None:
-            raise ValueError("edis train needs --run-dir DIR (or --resume DIR)")
-        if args.accept_changed_data:
-            raise ValueError("--accept-changed-data only applies with --resume RUN_DIR")
-        fields = {"agent": args.agent, "dataset": args.dataset, "seed": args.seed,
-                  "synthetic": args.synthetic, "device": args.device}
-        config = build(TrainConfig, args.profile or "default", fields, args.set)
         trainer = Trainer.create(config, Path(args.run_dir))
-    summary = trainer.run()
+    return _report(trainer, trainer.run())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from services.learner.run import distributed_trainer, save_policy
+
+    config = _new_config(args)
+    with distributed_trainer(Path(args.resume or args.run_dir), config,
+                             accept_changed_data=args.accept_changed_data,
+                             ray_address=args.ray_address,
+                             sampler_address=args.sampler_address) as trainer:
+        summary = trainer.run()
+    if summary["status"] != "failed":
+        print(f"policy saved as an RLlib RLModule: {save_policy(trainer)}")
+    return _report(trainer, summary)
+
+
+def _report(trainer: Trainer, summary: dict[str, Any]) -> int:
+    """Print a finished run's summary; the exit code of its status."""
     _print_json(summary)
     print(f"results in {trainer.run_dir}: metrics.jsonl, summary.json, learning_curve.png")
     if summary["status"] == "failed":
@@ -162,21 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dataset_id")
     info.set_defaults(func=cmd_data_info)
 
-    train = commands.add_parser("train", help="offline pre-training then online fine-tuning")
-    train.add_argument("--agent", choices=["iql", "calql"])
-    train.add_argument("--dataset")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--synthetic", choices=["none", "unguided", "edis"])
-    train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    train.add_argument("--run-dir")
-    train.add_argument("--profile", help="a YAML profile under configs/ (default: default)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config field, e.g. --set iql.expectile=0.8")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
-    train.add_argument("--accept-changed-data", action="store_true",
-                       help="with --resume: continue even though the dataset or environment "
-                            "changed since the checkpoint")
+    train = commands.add_parser("train", help="offline pre-training then online fine-tuning, "
+                                              "in this process")
+    _add_run_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    run = commands.add_parser(
+        "run", help="the same run on the distributed runtime: Ray rollout actors, the learner "
+                    "here, the sampler service")
+    _add_run_arguments(run)
+    run.add_argument("--actors", type=int, help="rollout actors (runtime.actors, default 2)")
+    run.add_argument("--backend", choices=["ray", "rllib"],
+                     help="rollout actors as plain Ray actors or RLlib env runners "
+                          "(runtime.backend, default ray)")
+    run.add_argument("--ray-address", help="join this Ray cluster instead of starting Ray here")
+    run.add_argument("--sampler-address", metavar="HOST:PORT",
+                     help="use this running sampler instead of starting one on 127.0.0.1")
+    run.set_defaults(func=cmd_run)
 
     diagnose = commands.add_parser("diagnose", help="guided vs unguided sample diagnostics")
     diagnose.add_argument("run_dir")

@@ -60,7 +60,7 @@ class RuntimeConfig:
     """Rollout actors on Ray, one CPU and one torch thread each."""
     backend: Literal["ray", "rllib"] = "ray"
     """Plain Ray actors, or RLlib env runners (benchmarks/bench_runtime.py compares them)."""
-    steps_per_call: int = 1_000
+    steps_per_call: int = 250
     """Env steps a sample call runs at least; it then finishes its episode."""
     calls_in_flight: int = 2
     """Sample calls in flight per actor."""

@@ -16,6 +16,7 @@ with NaN/inf) stops the run instead of silently adding nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ class SyntheticSupply:
 
     def train_models(self, inputs: RefreshInputs) -> dict[str, Any]:
         """The training half of a refresh: online prior steps (if configured), then the
-        energies (guided mode); bumps the versions of what it trained."""
+        energies (guided mode). It may run in another thread: it touches only the generator
+        and `inputs`; `advance_versions(stats)` then counts what it trained."""
         stats: dict[str, Any] = {"kind": "synthetic", "phase": "online",
                                  "step": inputs.env_step}
         if self.schedule.prior_steps_per_refresh:
@@ -104,7 +106,6 @@ class SyntheticSupply:
                 _balanced(inputs.offline, inputs.online, inputs.rng),
                 self.schedule.prior_steps_per_refresh)
             check_losses(stats, "online prior training")
-            self.prior_version += 1
         if self.guided:
             online = inputs.online
             real = online.take(slice(max(0, len(online) - self.schedule.real_sample), None))
@@ -112,8 +113,18 @@ class SyntheticSupply:
                 inputs.positives, real, inputs.policy, self.generator.config.energy_steps)
             check_losses(energy_stats, "energy training")
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
-            self.energy_version += 1
         return stats
+
+    def advance_versions(self, stats: dict[str, Any]) -> list[str]:
+        """Count the models a `train_models` call trained; returns their names."""
+        trained = []
+        if "prior_loss" in stats:
+            self.prior_version += 1
+            trained.append("prior")
+        if any(key.startswith("energy/") for key in stats):
+            self.energy_version += 1
+            trained.append("energies")
+        return trained
 
     # ----- checkpoints: plain values for progress.json -------------------------------------
     def state(self) -> dict[str, Any]:
@@ -144,6 +155,7 @@ class InProcessSupply(SyntheticSupply):
         start = time.perf_counter()
         stats = self.train_models(RefreshInputs.take(env_step, positives, replay, offline,
                                                      policy, rng))
+        self.advance_versions(stats)
         dropped_before = self.generator.dropped_rows
         samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
         dropped = self.generator.dropped_rows - dropped_before
@@ -158,9 +170,9 @@ class InProcessSupply(SyntheticSupply):
 
 
 def clip_actions(samples: Transitions) -> Transitions:
-    """Generated actions into the agents' action box [-1, 1] (in place)."""
-    np.clip(samples.actions, -1.0, 1.0, out=samples.actions)
-    return samples
+    """Generated rows with their actions clipped into the agents' action box [-1, 1] (a new
+    actions array: received rows may be read-only views)."""
+    return dataclasses.replace(samples, actions=np.clip(samples.actions, -1.0, 1.0))
 
 
 def _balanced(offline: Transitions, online: Transitions,

@@ -453,6 +453,8 @@ class SamplerService(pb_grpc.SamplerServicer):
             device=str(self.device),
             torch_threads=torch.get_num_threads(),
         )
+        status.versions.SetInParent()  # all zeros before the first model: present all the same
+        status.spec.SetInParent()
         if model is not None:
             status.versions.CopyFrom(versions_to_proto(model.versions))
             status.spec.CopyFrom(pb.ModelSpec(obs_dim=model.spec.obs_dim,

@@ -1,0 +1,96 @@
+"""Online transitions from rollout actors on Ray: the `edis run` side of
+edis_core/training/online.py.
+
+Collection follows the learner: sample calls are admitted only while the transitions owed to
+updates and those in flight are less than LEAD_CALLS calls' worth, and never beyond the
+budget, so the update-to-data ratio stays `utd_ratio` as in `edis train` and the policy that
+acts is at most about LEAD_CALLS calls behind the learner's. Before admitting calls the
+learner's current policy is published (one `ray.put` per version); every call carries the
+version it acts with.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edis_core.agents import actor_hidden
+from edis_core.training.config import RuntimeConfig
+from edis_core.transitions import Transitions
+from services.rollout import RolloutPool, RolloutSpec
+
+if TYPE_CHECKING:
+    from edis_core.training.trainer import Trainer
+
+WAIT_SECONDS = 0.5  # longest block of the loop while it has nothing to update on
+LEAD_CALLS = 2  # calls' worth of transitions kept ahead of the learner
+
+
+class RolloutActorsSource:
+    def __init__(self, trainer: Trainer, runtime: RuntimeConfig):
+        config = trainer.config
+        self.runtime = runtime
+        self.spec = RolloutSpec(
+            env_id=trainer.env.spec.id, agent=config.agent,
+            hidden=actor_hidden(config.agent_config), obs_dim=trainer.offline.obs_dim,
+            act_dim=trainer.offline.act_dim, seed=config.seed,
+            steps_per_call=runtime.steps_per_call)
+        self.pool = RolloutPool(self.spec, runtime.actors, runtime.backend,
+                                runtime.calls_in_flight)
+        self.pushed_at = -1  # learner updates when the current policy version was published
+        self.lagged_episodes = 0  # acted with a policy older than the newest at arrival
+
+    def start(self, learner: Trainer) -> None:
+        learner.log.write({"kind": "actors", "phase": "online", "step": learner.steps["online"],
+                           "backend": self.pool.backend_name, "pids": self.pool.actor_pids()})
+
+    def collect(self, learner: Trainer, wait: bool) -> None:
+        admit = self._calls_to_admit(learner)
+        if admit:
+            self._publish_policy(learner)
+        for block in self.pool.collect(admit, WAIT_SECONDS if wait else 0.0):
+            if block.policy_version < self.pool.policy_version:
+                self.lagged_episodes += len(block.episode_ends)
+            start = 0
+            for end in block.episode_ends:
+                episode = block.transitions.take(slice(start, int(end)))
+                learner.steps["online"] += len(episode)
+                learner.record_episode(_writable(episode))
+                start = int(end)
+
+    def _calls_to_admit(self, learner: Trainer) -> int:
+        per_call, utd = self.spec.steps_per_call, learner.config.utd_ratio
+        steps = learner.steps["online"]
+        owed = steps - learner.updates / utd  # env steps' worth of updates still to do
+        in_flight = self.pool.stats()["in_flight"] * per_call
+        short = LEAD_CALLS * per_call - owed - in_flight
+        left = learner.config.online_steps - steps - in_flight
+        if short <= 0 or left <= 0:
+            return 0
+        return min(math.ceil(short / per_call), math.ceil(left / per_call))
+
+    def _publish_policy(self, learner: Trainer) -> None:
+        if learner.updates == self.pushed_at:
+            return
+        weights = {k: v.detach().cpu() for k, v in learner.agent.actor.state_dict().items()}
+        self.pool.set_policy(weights, self.pool.policy_version + 1)
+        self.pushed_at = learner.updates
+
+    def stats(self) -> dict[str, float]:
+        counts = self.pool.stats()
+        return {"actor_env_steps": counts["env_steps"], "actor_episodes": counts["episodes"],
+                "actor_calls_lost": counts["calls_lost"],
+                "actor_restarts": counts["actor_restarts"],
+                "policy_version": self.pool.policy_version,
+                "lagged_episodes": self.lagged_episodes}
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _writable(episode: Transitions) -> Transitions:
+    """Blocks arrive as read-only views of Ray's object store; the learner labels episodes
+    (return-to-go) in place."""
+    return Transitions(**{k: np.array(v) for k, v in episode.as_dict().items()})

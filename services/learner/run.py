@@ -1,0 +1,79 @@
+"""`edis run`: the learner of edis_core/training with rollout actors on Ray and the sampler
+service, and everything it starts stopped again on the way out.
+
+    edis run --profile demo --dataset edis/hopper-random-v0 --synthetic edis --run-dir runs/x
+    edis run --resume runs/x
+    edis run ... --ray-address HOST:6379 --sampler-address HOST:50051   # join running ones
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+from edis_core.agents import actor_hidden
+from edis_core.generator import SyntheticGenerator
+from edis_core.training.config import RuntimeConfig, TrainConfig
+from edis_core.training.online import OnlineSource
+from edis_core.training.synthetic import SyntheticSupply
+from edis_core.training.trainer import Trainer, read_run_config, resolve_device
+from services.learner import processes
+from services.learner.actors_source import RolloutActorsSource
+from services.learner.sampler_supply import SamplerSupply
+from services.rollout import save_policy_module
+
+POLICY_MODULE_DIR = "rlmodule"
+
+
+class Distributed:
+    """The runtime of `edis run`: rollout actors and the sampler service."""
+
+    def __init__(self, runtime: RuntimeConfig, sampler_address: str):
+        self.runtime = runtime
+        self.sampler_address = sampler_address
+
+    def online_source(self, trainer: Trainer) -> OnlineSource:
+        return RolloutActorsSource(trainer, self.runtime)
+
+    def synthetic_supply(self, trainer: Trainer,
+                         generator: SyntheticGenerator) -> SyntheticSupply:
+        return SamplerSupply(generator, trainer.config.schedule,
+                             guided=trainer.config.synthetic == "edis", table=trainer.synthetic,
+                             agent=trainer.agent, address=self.sampler_address,
+                             runtime=self.runtime)
+
+
+def save_policy(trainer: Trainer) -> Path:
+    """The run's policy as an RLlib RLModule checkpoint, `RLModule.from_checkpoint` loads it
+    (RUN_DIR/rlmodule; it acts in the agents' [-1, 1] action units)."""
+    config = trainer.config
+    weights = {k: v.detach().cpu() for k, v in trainer.agent.actor.state_dict().items()}
+    return save_policy_module(config.agent, actor_hidden(config.agent_config),
+                              trainer.offline.obs_dim, trainer.offline.act_dim, weights,
+                              trainer.run_dir / POLICY_MODULE_DIR)
+
+
+@contextlib.contextmanager
+def distributed_trainer(run_dir: Path, config: TrainConfig | None, *,
+                        accept_changed_data: bool = False, ray_address: str | None = None,
+                        sampler_address: str | None = None) -> Iterator[Trainer]:
+    """A Trainer on the distributed runtime: a new run of `config`, or (config None) the
+    resumed run in `run_dir`. Ray and the sampler run for the length of the block."""
+    if config is not None:  # the learner's threads are part of what the run was made with
+        config = dataclasses.replace(config, torch_threads=config.runtime.learner_threads)
+    saved = config or read_run_config(run_dir)
+    device = resolve_device(saved.device)
+    with processes.started(actors=saved.runtime.actors, ray_address=ray_address,
+                           sampler_address=sampler_address,
+                           needs_sampler=saved.synthetic != "none",
+                           sampler_threads=saved.runtime.sampler_threads,
+                           sampler_device=str(device) if device.type == "cuda" else "cpu",
+                           ) as services:
+        runtime = Distributed(saved.runtime, services.sampler_address or "")
+        if config is None:
+            trainer = Trainer.load(run_dir, accept_changed_data, runtime)
+        else:
+            trainer = Trainer.create(config, run_dir, runtime)
+        yield trainer

@@ -1,0 +1,198 @@
+"""Synthetic rows from the sampler service: the `edis run` side of
+edis_core/training/synthetic.py.
+
+A refresh trains the same models as in `edis train` (`train_models`), but in a background
+thread on a snapshot of what it needs (positives, replay, a frozen copy of the policy), so
+the agent keeps updating meanwhile; when it is done, the trained models are published to
+the sampler. Guided (or unguided) batches arrive through a `SamplerStreamReader` and enter
+the synthetic table when its draw credit runs low, tagged with the version that made them.
+The loop never waits on generation: an empty reader or an exhausted credit only means
+fewer synthetic rows in the next agent batches.
+
+Versions on the wire are the learner's own counters. On start, counters are raised above
+what the sampler already holds (a sampler kept from an earlier learner), and batches made
+by weights this learner did not publish are never inserted.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from edis_core.agents import Agent
+from edis_core.buffers import PositiveBuffer, ReplayBuffer
+from edis_core.generator import SyntheticGenerator
+from edis_core.training.config import RuntimeConfig, SyntheticSchedule
+from edis_core.training.synthetic import (
+    Policy,
+    RefreshInputs,
+    SyntheticSupply,
+    clip_actions,
+)
+from edis_core.training.synthetic_table import SyntheticTable
+from edis_core.transitions import Transitions
+from services.learner.stream import SamplerStreamReader
+from services.sampler.client import SamplerClient
+from services.sampler.weights import ENERGY_PREFIX, PRIOR, model_names
+
+JOIN_SECONDS = 60.0  # how long closing waits for a refresh in progress
+
+
+class BackgroundRefresh:
+    """One `train_models` call in a daemon thread; its result (or error) is picked up by
+    the loop once done."""
+
+    def __init__(self, supply: SyntheticSupply, inputs: RefreshInputs):
+        self.step = inputs.env_step
+        self.started = time.perf_counter()
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(supply, inputs),
+                                        name="energy-refresh", daemon=True)
+        self._thread.start()
+
+    def _run(self, supply: SyntheticSupply, inputs: RefreshInputs) -> None:
+        try:
+            self.result = supply.train_models(inputs)
+        except BaseException as err:  # handed to the loop's thread, which raises it
+            self.error = err
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+class SamplerSupply(SyntheticSupply):
+    def __init__(self, generator: SyntheticGenerator, schedule: SyntheticSchedule,
+                 guided: bool, table: SyntheticTable, agent: Agent, address: str,
+                 runtime: RuntimeConfig):
+        super().__init__(generator, schedule, guided, table)
+        self.agent = agent
+        self.address = address
+        self.runtime = runtime
+        self.client = SamplerClient(address)
+        self.reader: SamplerStreamReader | None = None
+        self.refresh: BackgroundRefresh | None = None
+        self._snapshot: dict[str, Any] | None = None  # the generator before a running refresh
+        self._floor = 0  # batches tagged below this were made by weights of someone else
+        self.counts = {"batches": 0, "rows": 0, "foreign_rows": 0}
+
+    # ------------------------------------------------------------------ the loop's calls
+    def start(self) -> None:
+        """Publish what this learner has trained, at versions above what the sampler holds,
+        and open the stream."""
+        super().start()
+        held = self._held_versions()
+        self.prior_version = max(self.prior_version, held[PRIOR] + 1)
+        trained = ["prior"]
+        self._floor = self.prior_version
+        if self.guided:
+            held_energy = max(v for m, v in held.items() if m.startswith(ENERGY_PREFIX))
+            if self.generator.energies_trained:
+                self.energy_version = max(self.energy_version, held_energy + 1)
+                trained.append("energies")
+                self._floor = self.energy_version
+            else:  # the first refresh publishes the first energies of this learner
+                self.energy_version = max(self.energy_version, held_energy)
+                self._floor = self.energy_version + 1
+        self._publish(trained)
+        self.table.advance(self.model_version)
+        self.reader = SamplerStreamReader(self.address, self.runtime.stream_batch, self.guided)
+
+    def maintain(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                 offline: Transitions, policy: Policy,
+                 rng: np.random.Generator) -> list[dict[str, Any]]:
+        records = []
+        if self.refresh is not None and self.refresh.done():
+            records.append(self._finish_refresh(env_step))
+        if self.refresh is None and self.due(env_step, positives):
+            self._start_refresh(env_step, positives, replay, offline, rng)
+        self._take_batches()
+        return records
+
+    def generator_state(self) -> dict[str, Any]:
+        """While a refresh trains, the generator as it was before it: a checkpoint taken now
+        resumes with that refresh still to do."""
+        return self._snapshot if self._snapshot is not None else self.generator.state_dict()
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self.refresh is not None:
+            self.refresh.join(JOIN_SECONDS)
+        self.client.close()
+
+    # ---------------------------------------------------------------------- refreshes
+    def _start_refresh(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                       offline: Transitions, rng: np.random.Generator) -> None:
+        """Snapshot what the refresh reads, then train in the background."""
+        self._snapshot = copy.deepcopy(self.generator.state_dict())
+        actor = copy.deepcopy(self.agent.actor).requires_grad_(False)
+
+        def policy(observations: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return actor.sample(observations)
+
+        inputs = RefreshInputs.take(env_step, positives, replay, offline, policy,
+                                    np.random.default_rng(rng.integers(2**63)))
+        self.refresh = BackgroundRefresh(self, inputs)
+
+    def _finish_refresh(self, env_step: int) -> dict[str, Any]:
+        refresh, self.refresh, self._snapshot = self.refresh, None, None
+        assert refresh is not None
+        if refresh.error is not None:
+            raise refresh.error
+        stats = refresh.result
+        trained = self.advance_versions(stats)
+        start = time.perf_counter()
+        self._publish(trained)
+        self.table.advance(self.model_version)
+        self.last_refresh = refresh.step
+        stats.update(step=env_step, started_at_step=refresh.step,
+                     publish_seconds=time.perf_counter() - start, buffer=len(self.table),
+                     refresh_seconds=time.perf_counter() - refresh.started)
+        return stats
+
+    # ---------------------------------------------------------------------- the sampler
+    def _held_versions(self) -> dict[str, int]:
+        status = self.client.status()["versions"]
+        return {PRIOR: status["prior"], "energy/state": status["state_energy"],
+                "energy/policy": status["policy_energy"],
+                "energy/transition": status["transition_energy"]}
+
+    def _publish(self, trained: list[str]) -> None:
+        versions = {}
+        if "prior" in trained:
+            versions[PRIOR] = self.prior_version
+        if "energies" in trained:
+            versions.update({m: self.energy_version for m in model_names(self.generator)
+                             if m != PRIOR})
+        if versions:
+            self.client.publish(self.generator, versions)
+
+    def _take_batches(self) -> None:
+        """Insert received batches while the table's credit runs low."""
+        assert self.reader is not None
+        while self.table.wants_rows():
+            batch = self.reader.take()
+            if batch is None:
+                return
+            tag = self._tag(batch.versions)
+            self.counts["batches"] += 1
+            if tag < self._floor:
+                self.counts["foreign_rows"] += len(batch)
+                continue
+            self.counts["rows"] += self.table.insert(clip_actions(batch.transitions), tag)
+
+    def _tag(self, versions: dict[str, int]) -> int:
+        if not self.guided:
+            return versions[PRIOR]
+        return min(v for m, v in versions.items() if m.startswith(ENERGY_PREFIX) and
+                   m in model_names(self.generator))
