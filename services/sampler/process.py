@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import select
@@ -10,6 +12,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies, even by
+    SIGKILL or os._exit, so that a sampler is never left behind (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SamplerProcess:
@@ -25,7 +36,7 @@ class SamplerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self._log = log.open("a") if log is not None else None
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, env=env)
+                                     text=True, env=env, preexec_fn=_die_with_parent)
         ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
         line = self.proc.stdout.readline() if ready else ""
         match = re.search(r"listening on (\S+:\d+)", line)
