@@ -1,0 +1,176 @@
+"""Throughput of the distributed runtime against the one-process baselines, one section per
+comparison, all from one run.
+
+Section "rollouts": env-steps/s of a RolloutPool with 1 and 2 actors for each backend
+(plain Ray actors, RLlib env runners) under a local Ray with 2 CPUs, counted as
+whole-episode blocks reach the driver, each against a bare gymnasium Hopper-v5 loop with the
+same IQL actor network acting (one process, one torch thread: reset, act, step) timed right
+before it (the machine is shared and its load drifts); and RLlib ÷ plain. Also the same
+episodes recorded in one process without Ray (`LocalRollout.sample`), to separate the cost
+of recording from Ray's.
+
+    python benchmarks/bench_runtime.py [--seconds S] [--sections rollouts ...]
+
+Writes results/bench_runtime.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+import torch
+
+from edis_core.agents import IQLConfig, actor_hidden, make_agent
+from services.rollout import BACKENDS, RolloutPool, RolloutSpec
+from services.rollout.local import LocalRollout
+
+ROLLOUT_FLOOR = 1.7  # TARGETS.md: 2 actors ÷ one bare loop
+# RLlib's env runner is the default only if it costs at most 25% against plain actors.
+RLLIB_TOLERANCE = 0.75
+
+
+def rollout_spec(steps_per_call: int) -> RolloutSpec:
+    return RolloutSpec("Hopper-v5", "iql", actor_hidden(IQLConfig()), 11, 3, seed=0,
+                       steps_per_call=steps_per_call)
+
+
+def policy_weights() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return make_agent("iql", IQLConfig(), 11, 3).actor.state_dict()
+
+
+def bare_loop_rate(spec: RolloutSpec, seconds: float) -> float:
+    """Env steps/s of reset-act-step with the policy network, nothing recorded."""
+    rollout = LocalRollout(spec, index=0)
+    rollout.load_policy(policy_weights(), version=1)
+    env, act, to_env = rollout.env, rollout.act, rollout.scaler.to_env
+
+    def steps_for(duration: float) -> tuple[int, float]:
+        obs, _ = env.reset()
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < duration:
+            for _ in range(100):
+                obs, _, terminated, truncated, _ = env.step(to_env(act(obs)))
+                if terminated or truncated:
+                    obs, _ = env.reset()
+            steps += 100
+        return steps, time.perf_counter() - start
+
+    steps_for(1.0)  # warm-up
+    steps, elapsed = steps_for(seconds)
+    return steps / elapsed
+
+
+def recorded_loop_rate(spec: RolloutSpec, seconds: float) -> float:
+    """Env steps/s of a plain actor's work (whole episodes recorded and flattened) without
+    Ray."""
+    rollout = LocalRollout(spec, index=0)
+    rollout.load_policy(policy_weights(), version=1)
+    rollout.sample(spec.steps_per_call)  # warm-up
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        steps += rollout.sample(spec.steps_per_call).env_steps
+    return steps / (time.perf_counter() - start)
+
+
+def pool_rate(spec: RolloutSpec, backend: str, actors: int, seconds: float) -> float:
+    """Env steps/s delivered to the driver as blocks by a pool, after each actor's first
+    block; the driver only collects (two calls in flight per actor)."""
+    with RolloutPool(spec, actors, backend=backend) as pool:
+        pool.set_policy(policy_weights(), version=1)
+        warmed: set[int] = set()
+        while len(warmed) < actors:
+            warmed |= {b.actor_index for b in pool.collect(2 * actors, timeout=1.0)}
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            steps += sum(b.env_steps for b in pool.collect(2 * actors, timeout=0.5))
+        return steps / (time.perf_counter() - start)
+
+
+def bench_rollouts(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    spec = rollout_spec(args.steps_per_call)
+    recorded = recorded_loop_rate(spec, args.seconds)
+    bare: dict[str, dict[str, float]] = {backend: {} for backend in BACKENDS}
+    pools: dict[str, dict[str, float]] = {backend: {} for backend in BACKENDS}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="warning")
+    try:
+        for backend in BACKENDS:
+            for n in ("1", "2"):
+                bare[backend][n] = bare_loop_rate(spec, args.seconds)
+                pools[backend][n] = pool_rate(spec, backend, int(n), args.seconds)
+    finally:
+        ray.shutdown()
+    return {
+        "env": spec.env_id, "policy": f"iql actor {spec.hidden}",
+        "steps_per_call": spec.steps_per_call, "seconds": args.seconds,
+        "recorded_in_process_per_s": recorded,
+        "bare_loop_per_s": bare, "pools_per_s": pools,
+        "ratios_to_bare": {backend: {n: pools[backend][n] / bare[backend][n] for n in rates}
+                           for backend, rates in pools.items()},
+        "rllib_over_plain": {n: pools["rllib"][n] / pools["ray"][n] for n in ("1", "2")},
+        "floor_2_actors": ROLLOUT_FLOOR,
+    }
+
+
+def print_rollouts(row: dict) -> None:
+    print(f"rollouts: {row['env']}, {row['policy']}, calls of >= {row['steps_per_call']} "
+          f"steps, {row['seconds']:.0f} s windows; each pool against a bare loop timed just "
+          "before it")
+    header = (f"{'backend':8} {'actors':>6} {'pool steps/s':>13} {'bare loop/s':>12} "
+              f"{'ratio':>6} {'floor':>6}")
+    print(header)
+    print("-" * len(header))
+    for backend, rates in row["pools_per_s"].items():
+        for n, rate in rates.items():
+            floor = f"{row['floor_2_actors']:>6.1f}" if n == "2" else ""
+            print(f"{backend:8} {n:>6} {rate:>13,.0f} {row['bare_loop_per_s'][backend][n]:>12,.0f} "
+                  f"{row['ratios_to_bare'][backend][n]:>6.2f} {floor}")
+    print(f"recorded episodes in one process, no Ray: {row['recorded_in_process_per_s']:,.0f}/s")
+    ratios = ", ".join(f"{n} actor(s) {r:.2f}" for n, r in row["rllib_over_plain"].items())
+    print(f"RLlib ÷ plain: {ratios} (RLlib kept as default only at >= {RLLIB_TOLERANCE})")
+
+
+SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {
+    "rollouts": (bench_rollouts, print_rollouts),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="timing window per figure")
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--steps-per-call", type=int, default=1000,
+                        help="env steps per rollout sample call (then the episode finishes)")
+    parser.add_argument("--out", default="results/bench_runtime.json")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    results: dict = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "load_average_at_start": os.getloadavg()},
+        "sections": {},
+    }
+    for name in args.sections:
+        bench, show = SECTIONS[name]
+        results["sections"][name] = bench(args)
+        show(results["sections"][name])
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    print(f"load average: start {results['machine']['load_average_at_start'][0]:.2f}, "
+          f"end {results['machine']['load_average_at_end'][0]:.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
