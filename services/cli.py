@@ -175,16 +175,17 @@ def ensure_demo_dataset() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Make the embedded dataset if missing, run EDIS offline->online, diagnose it."""
+    """Make the embedded dataset if missing, run EDIS offline->online on the distributed
+    runtime (`edis run`: rollout actors, the sampler service), diagnose it."""
     ensure_demo_dataset()
     run_dir = Path(args.run_dir)
-    train_args = ["train", "--profile", "demo", "--dataset", DEMO_DATASET,
-                  "--synthetic", "edis", "--run-dir", str(run_dir)]
+    run_args = ["run", "--profile", "demo", "--dataset", DEMO_DATASET,
+                "--synthetic", "edis", "--run-dir", str(run_dir)]
     from edis_core.training.checkpoint import checkpoint_path
 
     if checkpoint_path(run_dir).exists():
-        train_args = ["train", "--resume", str(run_dir)]
-    code = main(train_args)
+        run_args = ["run", "--resume", str(run_dir)]
+    code = main(run_args)
     if code != 0:
         return code
     print("diagnostics of the guided sampler against the unguided one:")

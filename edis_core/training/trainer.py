@@ -160,6 +160,7 @@ class Trainer:
         self.phase = "prior" if self.supply is not None else "offline"
         self.steps = {"prior": 0, "offline": 0, "online": 0}
         self.updates = 0  # agent updates of the online phase: utd_ratio per env step
+        self._rate_clock: tuple[float, int] | None = None
         self.last_losses: dict[str, float] = {}
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
@@ -295,6 +296,7 @@ class Trainer:
         self.online.start(self)
         if self.supply is not None:
             self.supply.start()
+        self._rate_clock = (time.perf_counter(), self.updates)
         with self._progress("online fine-tuning", "online", total) as bar:
             while self.steps["online"] < total and not self._stopping:
                 before = self.steps["online"]
@@ -341,10 +343,19 @@ class Trainer:
 
         if crossed(self.config.log_every):
             self.log.write({"kind": "train", "phase": "online", "step": after,
-                            **self.last_losses, **self._source_stats()})
+                            **self.last_losses, **self._update_rate(), **self._source_stats()})
         if crossed(self.config.online_eval_every) or after >= total > before:
             self._evaluate("online")
         self._maybe_checkpoint("online", after - before)
+
+    def _update_rate(self) -> dict[str, float]:
+        """Agent updates so far and per second of wall clock since the last train record."""
+        now, previous = time.perf_counter(), self._rate_clock
+        self._rate_clock = (now, self.updates)
+        if previous is None or now == previous[0]:
+            return {"updates": self.updates}
+        return {"updates": self.updates,
+                "updates_per_s": (self.updates - previous[1]) / (now - previous[0])}
 
     def _source_stats(self) -> dict[str, float]:
         stats = dict(self.online.stats())
