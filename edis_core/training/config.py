@@ -65,7 +65,9 @@ class RuntimeConfig:
     calls_in_flight: int = 2
     """Sample calls in flight per actor."""
     learner_threads: int = 1
-    """Torch threads of the learner (its background refresh runs beside the updates)."""
+    """Torch threads of the learner in the online phase, when actors and the sampler share
+    the cores (its background refresh runs beside the updates); the offline phases use
+    `torch_threads`."""
     sampler_threads: int = 1
     """Torch threads of a sampler process that `edis run` starts."""
     stream_batch: int = 1_000

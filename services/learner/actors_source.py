@@ -15,6 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from edis_core.agents import actor_hidden
 from edis_core.training.config import RuntimeConfig
@@ -43,6 +44,9 @@ class RolloutActorsSource:
         self.lagged_episodes = 0  # acted with a policy older than the newest at arrival
 
     def start(self, learner: Trainer) -> None:
+        # Offline, the learner had the cores to itself (config.torch_threads); online, the
+        # actors and the sampler need theirs.
+        torch.set_num_threads(self.runtime.learner_threads)
         learner.log.write({"kind": "actors", "phase": "online", "step": learner.steps["online"],
                            "backend": self.pool.backend_name, "pids": self.pool.actor_pids()})
 

@@ -9,7 +9,6 @@ service, and everything it starts stopped again on the way out.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,8 +60,6 @@ def distributed_trainer(run_dir: Path, config: TrainConfig | None, *,
                         sampler_address: str | None = None) -> Iterator[Trainer]:
     """A Trainer on the distributed runtime: a new run of `config`, or (config None) the
     resumed run in `run_dir`. Ray and the sampler run for the length of the block."""
-    if config is not None:  # the learner's threads are part of what the run was made with
-        config = dataclasses.replace(config, torch_threads=config.runtime.learner_threads)
     saved = config or read_run_config(run_dir)
     device = resolve_device(saved.device)
     with processes.started(actors=saved.runtime.actors, ray_address=ray_address,
