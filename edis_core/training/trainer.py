@@ -161,6 +161,7 @@ class Trainer:
         self.steps = {"prior": 0, "offline": 0, "online": 0}
         self.updates = 0  # agent updates of the online phase: utd_ratio per env step
         self._rate_clock: tuple[float, int] | None = None
+        self.phase_seconds: dict[str, float] = {}  # wall clock of each phase, this process
         self.last_losses: dict[str, float] = {}
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
@@ -243,12 +244,12 @@ class Trainer:
                                "run() returned, owns the run directory and may write to it")
 
     def _run_phases(self) -> None:
-        if self.phase == "prior":
-            self._run_prior()
-        if self.phase == "offline" and not self._stopping:
-            self._run_offline()
-        if self.phase == "online" and not self._stopping:
-            self._run_online()
+        for phase, run in (("prior", self._run_prior), ("offline", self._run_offline),
+                           ("online", self._run_online)):
+            if self.phase == phase and not self._stopping:
+                start = time.perf_counter()
+                run()
+                self.phase_seconds[phase] = time.perf_counter() - start
         if not self._stopping:
             self.phase = "done"
 
@@ -499,6 +500,7 @@ class Trainer:
             "offline_final": next((r for r in reversed(evals) if r["phase"] == "offline"), None),
             "online_final": next((r for r in reversed(evals) if r["phase"] == "online"), None),
             "run_dir": str(self.run_dir),
+            "phase_seconds": self.phase_seconds,
         }
         write_summary(self.run_dir, summary)
         plot_learning_curve(self.run_dir, records,
