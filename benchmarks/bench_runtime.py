@@ -5,9 +5,11 @@ Section "rollouts": env-steps/s of a RolloutPool with 1 and 2 actors for each ba
 (plain Ray actors, RLlib env runners) under a local Ray with 2 CPUs, counted as
 whole-episode blocks reach the driver, each against a bare gymnasium Hopper-v5 loop with the
 same IQL actor network acting (one process, one torch thread: reset, act, step) timed right
-before it (the machine is shared and its load drifts); and RLlib ÷ plain. Also the same
-episodes recorded in one process without Ray (`LocalRollout.sample`), to separate the cost
-of recording from Ray's.
+before it (the machine is shared and its load drifts); and RLlib ÷ plain. With each pool,
+the CPU-seconds per second its actors and the rest of the run (driver, raylet, GCS) used:
+when other jobs hold the cores, the actors get less than one CPU each and the ratio falls
+with them. Also the same episodes recorded in one process without Ray
+(`LocalRollout.sample`), to separate the cost of recording from Ray's.
 
     python benchmarks/bench_runtime.py [--seconds S] [--sections rollouts ...]
 
@@ -32,6 +34,7 @@ from services.rollout import BACKENDS, RolloutPool, RolloutSpec
 from services.rollout.local import LocalRollout
 
 ROLLOUT_FLOOR = 1.7  # TARGETS.md: 2 actors ÷ one bare loop
+RAY_CPUS = 2  # the CPUs Ray gets, as on the project's 2-core machines
 # RLlib's env runner is the default only if it costs at most 25% against plain actors.
 RLLIB_TOLERANCE = 0.75
 
@@ -46,26 +49,27 @@ def policy_weights() -> dict[str, torch.Tensor]:
     return make_agent("iql", IQLConfig(), 11, 3).actor.state_dict()
 
 
-def bare_loop_rate(spec: RolloutSpec, seconds: float) -> float:
-    """Env steps/s of reset-act-step with the policy network, nothing recorded."""
+def bare_loop_rate(spec: RolloutSpec, seconds: float) -> dict[str, float]:
+    """Env steps per second and per CPU-second of reset-act-step with the policy network,
+    nothing recorded."""
     rollout = LocalRollout(spec, index=0)
     rollout.load_policy(policy_weights(), version=1)
     env, act, to_env = rollout.env, rollout.act, rollout.scaler.to_env
 
-    def steps_for(duration: float) -> tuple[int, float]:
+    def steps_for(duration: float) -> dict[str, float]:
         obs, _ = env.reset()
-        steps, start = 0, time.perf_counter()
+        steps, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < duration:
             for _ in range(100):
                 obs, _, terminated, truncated, _ = env.step(to_env(act(obs)))
                 if terminated or truncated:
                     obs, _ = env.reset()
             steps += 100
-        return steps, time.perf_counter() - start
+        return {"per_s": steps / (time.perf_counter() - start),
+                "per_cpu_s": steps / (time.process_time() - cpu)}
 
     steps_for(1.0)  # warm-up
-    steps, elapsed = steps_for(seconds)
-    return steps / elapsed
+    return steps_for(seconds)
 
 
 def recorded_loop_rate(spec: RolloutSpec, seconds: float) -> float:
@@ -80,27 +84,50 @@ def recorded_loop_rate(spec: RolloutSpec, seconds: float) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def pool_rate(spec: RolloutSpec, backend: str, actors: int, seconds: float) -> float:
+def cpu_seconds(processes: list) -> float:
+    """User + system CPU seconds the (psutil) processes have used so far."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except Exception:  # gone: its time no longer counts in either reading
+            continue
+        total += times.user + times.system
+    return total
+
+
+def pool_rate(spec: RolloutSpec, backend: str, actors: int, seconds: float) -> dict[str, float]:
     """Env steps/s delivered to the driver as blocks by a pool, after each actor's first
-    block; the driver only collects (two calls in flight per actor)."""
+    block (the driver only collects; two calls in flight per actor); and the CPU-seconds
+    per second the actors and everything else of the run (driver, raylet, GCS, Ray's
+    helpers) used meanwhile."""
+    import psutil  # Ray's own copy, on the path once ray is imported
+
     with RolloutPool(spec, actors, backend=backend) as pool:
         pool.set_policy(policy_weights(), version=1)
         warmed: set[int] = set()
         while len(warmed) < actors:
             warmed |= {b.actor_index for b in pool.collect(2 * actors, timeout=1.0)}
+        run = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        actor_processes = [p for p in run if p.pid in pool.actor_pids()]
+        actors_before, run_before = cpu_seconds(actor_processes), cpu_seconds(run)
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             steps += sum(b.env_steps for b in pool.collect(2 * actors, timeout=0.5))
-        return steps / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        actors_cpu = cpu_seconds(actor_processes) - actors_before
+        return {"per_s": steps / elapsed, "actors_cpu_per_s": actors_cpu / elapsed,
+                "other_cpu_per_s": (cpu_seconds(run) - run_before - actors_cpu) / elapsed,
+                "per_actor_cpu_s": steps / actors_cpu}
 
 
 def bench_rollouts(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     spec = rollout_spec(args.steps_per_call)
     recorded = recorded_loop_rate(spec, args.seconds)
-    bare: dict[str, dict[str, float]] = {backend: {} for backend in BACKENDS}
-    pools: dict[str, dict[str, float]] = {backend: {} for backend in BACKENDS}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    bare: dict[str, dict] = {backend: {} for backend in BACKENDS}
+    pools: dict[str, dict] = {backend: {} for backend in BACKENDS}
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
              logging_level="warning")
     try:
         for backend in BACKENDS:
@@ -109,14 +136,20 @@ def bench_rollouts(args: argparse.Namespace) -> dict:
                 pools[backend][n] = pool_rate(spec, backend, int(n), args.seconds)
     finally:
         ray.shutdown()
+
+    def ratios(measure: Callable[[str, str], float]) -> dict[str, dict[str, float]]:
+        return {backend: {n: measure(backend, n) for n in ("1", "2")} for backend in BACKENDS}
+
     return {
         "env": spec.env_id, "policy": f"iql actor {spec.hidden}",
         "steps_per_call": spec.steps_per_call, "seconds": args.seconds,
         "recorded_in_process_per_s": recorded,
-        "bare_loop_per_s": bare, "pools_per_s": pools,
-        "ratios_to_bare": {backend: {n: pools[backend][n] / bare[backend][n] for n in rates}
-                           for backend, rates in pools.items()},
-        "rllib_over_plain": {n: pools["rllib"][n] / pools["ray"][n] for n in ("1", "2")},
+        "bare_loop": bare, "pools": pools,
+        "ratios_to_bare": ratios(lambda b, n: pools[b][n]["per_s"] / bare[b][n]["per_s"]),
+        "actor_steps_per_cpu_s_to_bare": ratios(
+            lambda b, n: pools[b][n]["per_actor_cpu_s"] / bare[b][n]["per_cpu_s"]),
+        "rllib_over_plain": {n: pools["rllib"][n]["per_s"] / pools["ray"][n]["per_s"]
+                             for n in ("1", "2")},
         "floor_2_actors": ROLLOUT_FLOOR,
     }
 
@@ -126,14 +159,21 @@ def print_rollouts(row: dict) -> None:
           f"steps, {row['seconds']:.0f} s windows; each pool against a bare loop timed just "
           "before it")
     header = (f"{'backend':8} {'actors':>6} {'pool steps/s':>13} {'bare loop/s':>12} "
-              f"{'ratio':>6} {'floor':>6}")
+              f"{'ratio':>6} {'floor':>6} {'actor CPU':>10} {'other CPU':>10} "
+              f"{'steps/CPU-s ÷ bare':>19}")
     print(header)
     print("-" * len(header))
-    for backend, rates in row["pools_per_s"].items():
-        for n, rate in rates.items():
-            floor = f"{row['floor_2_actors']:>6.1f}" if n == "2" else ""
-            print(f"{backend:8} {n:>6} {rate:>13,.0f} {row['bare_loop_per_s'][backend][n]:>12,.0f} "
-                  f"{row['ratios_to_bare'][backend][n]:>6.2f} {floor}")
+    for backend, rates in row["pools"].items():
+        for n, pool in rates.items():
+            floor = f"{row['floor_2_actors']:.1f}" if n == "2" else ""
+            print(f"{backend:8} {n:>6} {pool['per_s']:>13,.0f} "
+                  f"{row['bare_loop'][backend][n]['per_s']:>12,.0f} "
+                  f"{row['ratios_to_bare'][backend][n]:>6.2f} {floor:>6} "
+                  f"{pool['actors_cpu_per_s']:>10.2f} {pool['other_cpu_per_s']:>10.2f} "
+                  f"{row['actor_steps_per_cpu_s_to_bare'][backend][n]:>19.2f}")
+    print("actor CPU, other CPU: CPU-seconds per second used by the actors, by the rest of the "
+          f"run (of the {RAY_CPUS} Ray has); steps/CPU-s: the actors' env steps per CPU-second "
+          "÷ the bare loop's")
     print(f"recorded episodes in one process, no Ray: {row['recorded_in_process_per_s']:,.0f}/s")
     ratios = ", ".join(f"{n} actor(s) {r:.2f}" for n, r in row["rllib_over_plain"].items())
     print(f"RLlib ÷ plain: {ratios} (RLlib kept as default only at >= {RLLIB_TOLERANCE})")

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -43,46 +42,32 @@ def spec_for(kind: str, env: tuple[str, int, int] = HOPPER, steps: int = 200) ->
                        seed=7, steps_per_call=steps)
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first), None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+def ray_psutil():
+    """Ray's own copy of psutil (on the path once ray is imported)."""
+    import psutil
+
+    return psutil
 
 
 def running(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def descendants_named(names: set[str]) -> dict[int, str]:
-    """PIDs of this process's descendants whose command is in `names`."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(stat[1])
-    found, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    commands = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in found
-                if running(pid)}
-    return {pid: command for pid, command in commands.items() if command in names}
+    ps = ray_psutil()
+    try:
+        return ps.Process(pid).status() != ps.STATUS_ZOMBIE
+    except ps.NoSuchProcess:
+        return False
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="warning")
-    started = descendants_named({"raylet", "gcs_server"})
-    assert sorted(started.values()) == ["gcs_server", "raylet"]
+    started = [p for p in ray_psutil().Process().children(recursive=True)
+               if p.name() in ("raylet", "gcs_server")]
+    assert sorted(p.name() for p in started) == ["gcs_server", "raylet"]
     yield
     ray.shutdown()
-    deadline = time.monotonic() + 30
-    while any(running(pid) for pid in started) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in started if running(pid)], "Ray processes left running"
+    _, alive = ray_psutil().wait_procs(started, timeout=30)
+    assert not [p for p in alive if running(p.pid)], "Ray processes left running"
 
 
 class Learner:
