@@ -133,12 +133,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from services.learner.run import distributed_trainer, save_policy
+    from services.metrics.endpoint import metrics_endpoint
 
     config = _new_config(args)
     with distributed_trainer(Path(args.resume or args.run_dir), config,
                              accept_changed_data=args.accept_changed_data,
                              ray_address=args.ray_address,
-                             sampler_address=args.sampler_address) as trainer:
+                             sampler_address=args.sampler_address,
+                             metrics=metrics_endpoint(args),
+                             ray_node=args.ray_node) as trainer:
         summary = trainer.run()
     if summary["status"] != "failed":
         print(f"policy saved as an RLlib RLModule: {save_policy(trainer)}")
@@ -176,15 +179,23 @@ def ensure_demo_dataset() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Make the embedded dataset if missing, run EDIS offline->online on the distributed
-    runtime (`edis run`: rollout actors, the sampler service), diagnose it."""
-    ensure_demo_dataset()
+    runtime (`edis run`: rollout actors, the sampler service), diagnose it. A run directory
+    with a checkpoint is resumed, so a restarted cluster learner goes on where it stopped."""
+    if args.dataset == DEMO_DATASET:
+        ensure_demo_dataset()
     run_dir = Path(args.run_dir)
-    run_args = ["run", "--profile", "demo", "--dataset", DEMO_DATASET,
-                "--synthetic", "edis", "--run-dir", str(run_dir)]
+    joined = [arg for flag in ("ray_address", "sampler_address", "metrics_port", "metrics_host")
+              if (value := getattr(args, flag)) is not None
+              for arg in ("--" + flag.replace("_", "-"), str(value))]
+    joined += ["--ray-node"] if args.ray_node else []
+    run_args = ["run", "--profile", "demo", "--dataset", args.dataset,
+                "--synthetic", "edis", "--run-dir", str(run_dir), *joined,
+                *(["--actors", str(args.actors)] if args.actors is not None else []),
+                *(arg for override in args.set for arg in ("--set", override))]
     from edis_core.training.checkpoint import checkpoint_path
 
     if checkpoint_path(run_dir).exists():
-        run_args = ["run", "--resume", str(run_dir)]
+        run_args = ["run", "--resume", str(run_dir), *joined]
     code = main(run_args)
     if code != 0:
         return code
@@ -193,6 +204,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from services.metrics.endpoint import add_metrics_arguments
+
     parser = argparse.ArgumentParser(prog="edis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
@@ -228,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rollout actors as plain Ray actors or RLlib env runners "
                           "(runtime.backend, default ray)")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting Ray here")
+    run.add_argument("--ray-node", action="store_true",
+                     help="with --ray-address, when this host is not a node of that cluster: "
+                          "start a Ray node without CPUs here first (stopped on exit)")
     run.add_argument("--sampler-address", metavar="HOST:PORT",
                      help="use this running sampler instead of starting one on 127.0.0.1")
+    add_metrics_arguments(run)
     run.set_defaults(func=cmd_run)
 
     diagnose = commands.add_parser("diagnose", help="guided vs unguided sample diagnostics")
@@ -241,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the embedded default run (what `make run` does)")
     demo.add_argument("--run-dir", default=str(DEMO_RUN_DIR))
+    demo.add_argument("--dataset", default=DEMO_DATASET,
+                      help="a local dataset (default %(default)s, made here if missing)")
+    demo.add_argument("--actors", type=int, help="rollout actors (default 2)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one config field of the demo profile")
+    demo.add_argument("--ray-address", help="join this Ray cluster instead of starting Ray here")
+    demo.add_argument("--ray-node", action="store_true",
+                      help="with --ray-address: start a Ray node without CPUs here first")
+    demo.add_argument("--sampler-address", metavar="HOST:PORT",
+                      help="use this running sampler instead of starting one")
+    add_metrics_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     from services.sampler.cli import add_commands as add_sampler_commands

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,20 @@ def to_json(record: dict[str, Any], **dumps_args: Any) -> str:
 
 
 class MetricsLog:
-    """Append-only JSON lines; on resume, lines written after the checkpoint are dropped."""
+    """Append-only JSON lines; on resume, lines written after the checkpoint are dropped.
+
+    `observers` are called with every record once it is written (the runtime's Prometheus
+    exporter is one), in the writer's thread."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / METRICS_FILE
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(to_json(record) + "\n")
+        for observe in self.observers:
+            observe(record)
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a line torn by a hard kill is skipped."""

@@ -12,6 +12,8 @@ version it acts with.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 WAIT_SECONDS = 0.5  # longest block of the loop while it has nothing to update on
 LEAD_CALLS = 2  # calls' worth of transitions kept ahead of the learner
+KEPT_VERSIONS = 256  # policy versions whose publication step is remembered for the lag
 
 
 class RolloutActorsSource:
@@ -42,6 +45,9 @@ class RolloutActorsSource:
                                 runtime.calls_in_flight)
         self.pushed_at = -1  # learner updates when the current policy version was published
         self.lagged_episodes = 0  # acted with a policy older than the newest at arrival
+        self._published_at: OrderedDict[int, int] = OrderedDict()  # version -> learner updates
+        # Called with each block's policy lag: learner updates since its policy was published.
+        self.lag_observers: list[Callable[[int], None]] = []
 
     def start(self, learner: Trainer) -> None:
         # Offline, the learner had the cores to itself (config.torch_threads); online, the
@@ -57,6 +63,7 @@ class RolloutActorsSource:
         for block in self.pool.collect(admit, WAIT_SECONDS if wait else 0.0):
             if block.policy_version < self.pool.policy_version:
                 self.lagged_episodes += len(block.episode_ends)
+            self._observe_lag(learner.updates, block.policy_version)
             start = 0
             for end in block.episode_ends:
                 episode = block.transitions.take(slice(start, int(end)))
@@ -81,6 +88,15 @@ class RolloutActorsSource:
         weights = {k: v.detach().cpu() for k, v in learner.agent.actor.state_dict().items()}
         self.pool.set_policy(weights, self.pool.policy_version + 1)
         self.pushed_at = learner.updates
+        self._published_at[self.pool.policy_version] = learner.updates
+        if len(self._published_at) > KEPT_VERSIONS:
+            self._published_at.popitem(last=False)
+
+    def _observe_lag(self, updates: int, version: int) -> None:
+        published = self._published_at.get(version)
+        if published is not None:
+            for observe in self.lag_observers:
+                observe(updates - published)
 
     def stats(self) -> dict[str, float]:
         counts = self.pool.stats()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.sampler.process import SamplerProcess
 
@@ -19,7 +21,8 @@ class Services:
 
 
 def _start_ray(address: str | None, actors: int) -> bool:
-    """Start a local Ray sized for the actors, or join `address`; True if started here."""
+    """Start a local Ray sized for the actors, or connect to the cluster at `address` (whose
+    node on this host the driver attaches to); True if started here."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # it would try to reach the network
     import ray
 
@@ -42,11 +45,40 @@ def _start_ray(address: str | None, actors: int) -> bool:
 
 
 @contextlib.contextmanager
+def _joined_node(address: str | None) -> Iterator[None]:
+    """A Ray node without CPUs on this host, joining `address`, for the length of the block."""
+    if address is None:
+        raise ValueError("--ray-node joins the cluster of --ray-address: give both")
+    from services.cluster.ray_node import JoinedNode
+
+    log = Path(tempfile.gettempdir()) / f"edis-ray-node-{os.getpid()}.log"
+    node = JoinedNode(address, log)
+    try:
+        yield
+    finally:
+        node.stop()
+        log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def started(*, actors: int, ray_address: str | None, sampler_address: str | None,
             needs_sampler: bool = True, sampler_threads: int = 1,
-            sampler_device: str = "cpu") -> Iterator[Services]:
+            sampler_device: str = "cpu", ray_node: bool = False) -> Iterator[Services]:
     """Ray and the sampler for the length of the block; on exit (normal, error or signal)
-    everything started here is stopped. The sampler's messages go to this stderr."""
+    everything started here is stopped. The sampler's messages go to this stderr.
+    `ray_node`: this host is not a node of the cluster at `ray_address` yet; start one
+    without CPUs here first (a driver needs a node of its own host)."""
+    with contextlib.ExitStack() as stack:
+        if ray_node:
+            stack.enter_context(_joined_node(ray_address))
+        yield stack.enter_context(_started(actors, ray_address, sampler_address, needs_sampler,
+                                           sampler_threads, sampler_device))
+
+
+@contextlib.contextmanager
+def _started(actors: int, ray_address: str | None, sampler_address: str | None,
+             needs_sampler: bool, sampler_threads: int,
+             sampler_device: str) -> Iterator[Services]:
     import ray
 
     ray_started = _start_ray(ray_address, actors)

@@ -21,6 +21,8 @@ from edis_core.training.trainer import Trainer, read_run_config, resolve_device
 from services.learner import processes
 from services.learner.actors_source import RolloutActorsSource
 from services.learner.sampler_supply import SamplerSupply
+from services.metrics.endpoint import MetricsEndpoint, serving
+from services.metrics.learner import LearnerMetrics
 from services.rollout import save_policy_module
 
 POLICY_MODULE_DIR = "rlmodule"
@@ -57,20 +59,26 @@ def save_policy(trainer: Trainer) -> Path:
 @contextlib.contextmanager
 def distributed_trainer(run_dir: Path, config: TrainConfig | None, *,
                         accept_changed_data: bool = False, ray_address: str | None = None,
-                        sampler_address: str | None = None) -> Iterator[Trainer]:
+                        sampler_address: str | None = None,
+                        metrics: MetricsEndpoint | None = None,
+                        ray_node: bool = False) -> Iterator[Trainer]:
     """A Trainer on the distributed runtime: a new run of `config`, or (config None) the
-    resumed run in `run_dir`. Ray and the sampler run for the length of the block."""
+    resumed run in `run_dir`. Ray and the sampler run for the length of the block, and the
+    learner's Prometheus metrics are served at `metrics` (None: not served). `ray_node`:
+    start a Ray node without CPUs on this host joining `ray_address` first."""
     saved = config or read_run_config(run_dir)
     device = resolve_device(saved.device)
-    with processes.started(actors=saved.runtime.actors, ray_address=ray_address,
-                           sampler_address=sampler_address,
-                           needs_sampler=saved.synthetic != "none",
-                           sampler_threads=saved.runtime.sampler_threads,
-                           sampler_device=str(device) if device.type == "cuda" else "cpu",
-                           ) as services:
+    learner_metrics = LearnerMetrics()
+    with serving(metrics, learner_metrics.registry, "learner"), processes.started(
+            actors=saved.runtime.actors, ray_address=ray_address,
+            sampler_address=sampler_address, needs_sampler=saved.synthetic != "none",
+            sampler_threads=saved.runtime.sampler_threads,
+            sampler_device=str(device) if device.type == "cuda" else "cpu",
+            ray_node=ray_node) as services:
         runtime = Distributed(saved.runtime, services.sampler_address or "")
         if config is None:
             trainer = Trainer.load(run_dir, accept_changed_data, runtime)
         else:
             trainer = Trainer.create(config, run_dir, runtime)
+        learner_metrics.attach(trainer)
         yield trainer

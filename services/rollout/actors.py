@@ -9,6 +9,7 @@ import numpy as np
 import ray
 import torch
 
+from services.metrics.rollout import ActorMetrics
 from services.rollout.backend import least_loaded
 from services.rollout.episodes import EpisodeBlock
 from services.rollout.local import LocalRollout
@@ -24,6 +25,7 @@ class RolloutActor(LocalRollout):
     def __init__(self, spec: RolloutSpec, index: int) -> None:
         torch.set_num_threads(1)
         super().__init__(spec, index)
+        self.rollout_metrics = ActorMetrics(index)
 
     def identity(self) -> tuple[int, int]:
         return self.index, os.getpid()
@@ -35,7 +37,9 @@ class RolloutActor(LocalRollout):
     def sample_block(self, weights: list[ray.ObjectRef], version: int,
                      min_steps: int) -> tuple[EpisodeBlock, int]:
         self._sync(weights, version)
-        return self.sample(min_steps), os.getpid()
+        block = self.sample(min_steps)
+        self.rollout_metrics.record(block)
+        return block, os.getpid()
 
     def policy_actions(self, weights: list[ray.ObjectRef], version: int,
                        observations: np.ndarray) -> tuple[int, np.ndarray, int]:

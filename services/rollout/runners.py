@@ -33,6 +33,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from edis_core.training.envs import ActionScaler
+from services.metrics.rollout import ActorMetrics
 from services.rollout.backend import least_loaded
 from services.rollout.episodes import Episode, EpisodeBlock
 from services.rollout.module import PolicyModule, agent_spaces, module_state, policy_model_config
@@ -117,6 +118,7 @@ class EpisodeRunner(SingleAgentEnvRunner):
         seed = spec.actor_seed(self.actor_index)
         torch.manual_seed(seed)  # exploration noise
         self.env.reset(seed=seed)  # later resets continue this env's random stream
+        self.rollout_metrics = ActorMetrics(self.actor_index)  # RLlib's own: self.metrics
 
     def identity(self) -> tuple[int, int]:
         return self.actor_index, os.getpid()
@@ -139,6 +141,7 @@ class EpisodeRunner(SingleAgentEnvRunner):
         self.get_metrics()  # RLlib keeps every returned episode until its metrics are read
         block = EpisodeBlock.from_episodes(episodes, self.policy_version, self.actor_index,
                                            time.perf_counter() - start)
+        self.rollout_metrics.record(block)
         return block, os.getpid()
 
     def deterministic_actions(self, state: dict[str, Any],

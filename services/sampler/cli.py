@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from services.metrics.endpoint import add_metrics_arguments, metrics_endpoint
 from services.sampler.server import ServeOptions
 
 
@@ -31,6 +32,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch-rows", type=int, default=ServeOptions.max_batch_rows)
     serve.add_argument("--max-publish-bytes", type=int, default=ServeOptions.max_publish_bytes)
     serve.add_argument("--max-parameters", type=int, default=ServeOptions.max_parameters)
+    add_metrics_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     status = sampler.add_parser("status", help="print a sampler's GetStatus as JSON")
@@ -47,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, device=args.device, threads=args.threads,
         queue_batches=args.queue_batches, seed=args.seed, from_run=args.from_run,
         max_consumers=args.max_consumers, max_batch_rows=args.max_batch_rows,
-        max_publish_bytes=args.max_publish_bytes, max_parameters=args.max_parameters))
+        max_publish_bytes=args.max_publish_bytes, max_parameters=args.max_parameters,
+        metrics=metrics_endpoint(args)))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

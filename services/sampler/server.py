@@ -28,6 +28,8 @@ from grpc_reflection.v1alpha import reflection
 from edis_core.generator import SyntheticGenerator
 from protos.edis.sampler.v1 import sampler_pb2 as pb
 from protos.edis.sampler.v1 import sampler_pb2_grpc as pb_grpc
+from services.metrics.endpoint import MetricsEndpoint, serving
+from services.metrics.sampler import SamplerMetrics
 from services.sampler import weights as w
 from services.sampler.wire import (
     CHANNEL_OPTIONS,
@@ -61,6 +63,7 @@ class ServeOptions:
     max_parameters: int = 100_000_000
     from_run: str | None = None  # start with the generator of an `edis train` run
     grace_seconds: float = 5.0  # on SIGTERM, how long open RPCs get to end
+    metrics: MetricsEndpoint | None = None  # Prometheus /metrics; None: no endpoint
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -138,9 +141,11 @@ class StagedPublish:
 
 
 class SamplerService(pb_grpc.SamplerServicer):
-    def __init__(self, options: ServeOptions, health: health_aio.HealthServicer):
+    def __init__(self, options: ServeOptions, health: health_aio.HealthServicer,
+                 metrics: SamplerMetrics):
         self.options = options
         self.health = health
+        self.metrics = metrics
         self.device = torch.device(options.device)
         self.model: HeldModel | None = None
         self.consumers: dict[int, Consumer] = {}
@@ -175,6 +180,8 @@ class SamplerService(pb_grpc.SamplerServicer):
                 self.counters["batches"] += 1
                 self.counters["transitions"] += len(batch.rows)
                 self.counters["dropped"] += batch.dropped_nonfinite_rows
+                self.metrics.generation_seconds.labels(str(batch.guided).lower()).observe(
+                    batch.generation_seconds)
             consumer.queue.put_nowait(batch)
 
     def _next_consumer(self) -> Consumer | None:
@@ -218,6 +225,7 @@ class SamplerService(pb_grpc.SamplerServicer):
     def load(self, generator: SyntheticGenerator, versions: dict[str, int]) -> None:
         """Hold a generator whose weights are already in place (`--from-run`)."""
         w.check_generator(generator)
+        self.metrics.observe_guidance(generator)
         self.model = HeldModel(generator, w.ModelSpec.of(generator), versions)
         self._set_health(SERVING if versions[w.PRIOR] else NOT_SERVING)
 
@@ -405,6 +413,7 @@ class SamplerService(pb_grpc.SamplerServicer):
                                                 self.options.seed)
         except w.WeightsError as err:
             raise PublishRejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
+        self.metrics.observe_guidance(generator)
         return HeldModel.empty(generator, spec)
 
     @staticmethod
@@ -500,9 +509,11 @@ def generator_from_run(run_dir: Path, device: torch.device) -> tuple[SyntheticGe
 
 async def serve(options: ServeOptions) -> int:
     torch.set_num_threads(options.threads)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    metrics = SamplerMetrics()
+    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[metrics.interceptor()])
     health = health_aio.HealthServicer()
-    service = SamplerService(options, health)
+    service = SamplerService(options, health, metrics)
+    metrics.watch(service)
     for name in ("", SERVICE_NAME):
         await health.set(name, NOT_SERVING)
     if options.from_run:
@@ -518,7 +529,14 @@ async def serve(options: ServeOptions) -> int:
     except RuntimeError as err:
         raise ValueError(f"cannot listen on {address} ({err}); choose another --port or "
                          "--port 0 for any free one") from err
-    await server.start()
+    with serving(options.metrics, metrics.registry, "sampler"):
+        await server.start()
+        await _serve_until_stopped(server, service, options, port)
+    return 0
+
+
+async def _serve_until_stopped(server: grpc.aio.Server, service: SamplerService,
+                               options: ServeOptions, port: int) -> None:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -531,7 +549,6 @@ async def serve(options: ServeOptions) -> int:
     await service.shutdown()
     await server.stop(options.grace_seconds)
     generation.cancel()
-    return 0
 
 
 def run(options: ServeOptions) -> int:
