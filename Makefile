@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py) $(PROTOS:.proto=_pb2.pyi)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean prometheus cluster cluster-down
 
 setup: $(STAMP) $(STUBS)
 
@@ -27,7 +27,7 @@ $(STUBS) &: $(PROTOS) $(STAMP)
 run: setup
 	$(BIN)/edis demo
 
-test: setup
+test: setup prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -38,6 +38,28 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_agents.py
 	$(BIN)/python benchmarks/bench_sampling.py
+
+# Debian's prometheus and promtool, which the cluster and its tests run; installed when missing
+# (as root), else the tests that need them say how.
+prometheus:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "prometheus is missing: sudo apt-get install prometheus (Debian's package)"; \
+	  fi; \
+	fi
+
+# The docker-compose cluster as processes on this machine: Ray head, WORKERS Ray worker nodes
+# (one rollout actor each), the sampler, the learner (the demo run) and Prometheus on
+# 127.0.0.1:9090. State, logs, the run and Prometheus's data in runs/cluster/.
+WORKERS ?= 2
+cluster: setup prometheus
+	$(BIN)/python -m services.cluster up --workers $(WORKERS)
+
+cluster-down:
+	$(BIN)/python -m services.cluster down
 
 clean:
 	rm -rf $(VENV) runs results $(STUBS)

@@ -1,0 +1,1 @@
+"""The cluster of docker-compose.yml as local processes (`make cluster`, `make cluster-down`)."""
