@@ -40,8 +40,6 @@ from services.learner.stream import SamplerStreamReader
 from services.sampler.client import SamplerClient
 from services.sampler.weights import ENERGY_PREFIX, PRIOR, model_names
 
-JOIN_SECONDS = 60.0  # how long closing waits for a refresh in progress
-
 
 class BackgroundRefresh:
     """One `train_models` call in a daemon thread; its result (or error) is picked up by
@@ -65,8 +63,6 @@ class BackgroundRefresh:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
 
 
 class SamplerSupply(SyntheticSupply):
@@ -123,10 +119,11 @@ class SamplerSupply(SyntheticSupply):
         return self._snapshot if self._snapshot is not None else self.generator.state_dict()
 
     def close(self) -> None:
+        """Stop reading the stream. A refresh still training is abandoned (its thread is a
+        daemon): the checkpoint holds the generator from before it, and a resumed run does
+        it again."""
         if self.reader is not None:
             self.reader.close()
-        if self.refresh is not None:
-            self.refresh.join(JOIN_SECONDS)
         self.client.close()
 
     # ---------------------------------------------------------------------- refreshes
