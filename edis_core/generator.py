@@ -1,8 +1,9 @@
-"""The synthetic-transition generator that the training loop calls: prior + energies + sampling.
+"""The synthetic-transition generator that the training loop calls: prior, energies, guided
+sampler (EDIS.md §2-§6).
 
 Offline: `train_prior` fits p_θ on the dataset. Online, each refresh: `train_energies` learns
-E_s, E_π, E_T by InfoNCE against the prior's own reverse trajectories (EDIS.md §5), then
-`generate` draws transitions from p_θ · exp(−E) by energy-guided sampling (§6).
+E_s, E_π, E_T by InfoNCE (edis_core/energy/training.py), then `generate` draws transitions
+by energy-guided sampling, D̃ = D_θ − σ² Σ w_k ∇E_k (§6).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,20 +20,31 @@ from edis_core.diffusion.edm import Inpaint
 from edis_core.diffusion.layout import TransitionLayout
 from edis_core.diffusion.prior import DiffusionConfig, DiffusionPrior
 from edis_core.energy.guidance import EnergyGuidance, EnergyTerm
-from edis_core.energy.infonce import contrastive_loss
 from edis_core.energy.networks import EnergyNet
+from edis_core.energy.training import EnergyTraining, conditional_passes, contrastive_sets
 from edis_core.transitions import Transitions
 
 ENERGIES = ("state", "policy", "transition")
 # What a config or state written before these EDISConfig fields existed meant: the prior
-# modelled s' itself and guidance acted at every σ. Filled in for missing keys on load, so
-# that an older run resumes (or is diagnosed) with the sampler it was trained with.
-PRE_OPTION_BEHAVIOUR = {"next_state_delta": False, "guidance_sigma_min": 0.0}
+# modelled s' itself, guidance acted at every σ <= guidance_sigma_max, the energies read
+# their own dims of x through EDM's input scaling, and every InfoNCE group had its own level
+# and negatives. Filled in for missing keys on load, so that an older run resumes (or is
+# diagnosed) with the networks and sampler it was trained with; how energies are trained
+# (symmetric noising, the levels they are trained on) is the current code's for every run.
+PRE_OPTION_BEHAVIOUR = {
+    "next_state_delta": False,
+    "guidance_sigma_min": 0.0,
+    "energy_input": "own",
+    "energy_input_map": "edm",
+    "energy_levels": None,
+}
 
 
 def saved_edis_values(values: dict[str, Any]) -> dict[str, Any]:
     """EDISConfig fields as saved in a run or state, with PRE_OPTION_BEHAVIOUR where missing."""
     return {**PRE_OPTION_BEHAVIOUR, **values}
+
+
 MODES = ("unguided", "edis")
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,38 +52,53 @@ Policy = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class EDISConfig:
     """EDIS hyper-parameters. A guidance scale of None switches that energy off entirely (not
-    trained, not used); 0 trains it but does not apply it. w = 1 is the exact product
-    p_θ·exp(−E) of Theorem 3.1; the defaults sit inside the reference's ranges
-    (w_s ∈ [0.01, 2], w_π, w_T ∈ [0.01, 0.2])."""
+    trained, not used); 0 trains it but does not apply it.
+
+    What the guided sampler draws from (see SyntheticGenerator._sample_guided): with the
+    default guidance at every σ and w_s = w_π = 1, w_T = 0, and energies at their InfoNCE
+    optimum, exactly μ = d^π(s)·π(a|s)·p_θ(r, s', done | s, a): states of the positive
+    buffer, actions of the current policy, the prior's own (r, s', done) given (s, a). Other
+    scales tilt each noise level by w_k·E_k,σ, which for w ∉ {0, 1} is not the noising of
+    any product p_θ·e^{−Σ w_k E_k}: an interpolation, not Theorem 3.1.
+    """
 
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     w_state: float | None = 1.0
-    w_policy: float | None = 0.2
-    w_transition: float | None = 0.2
-    # Guidance (and energy training) only at σ <= this, in normalised units: above it the
-    # noised log-ratios are O(1/σ), too faint for InfoNCE to learn, yet guidance there would
-    # still shift samples by the energy's unlearnt gradient.
-    guidance_sigma_max: float = 5.0
-    # No guidance below this σ: the prior alone finishes denoising, which keeps r, s' − s and
-    # done consistent with the guided (s, a). Guidance down to σ → 0 moves s (and with it
-    # s') after r and done are settled: on the Hopper demo 5% of guided transitions then
-    # crossed the termination boundary with the healthy bonus kept (reward error 1.9x the
-    # unguided one); from σ = 2 on, reward and next-state errors are on par on 3 seeds while
-    # state MMD² to the positive buffer stays ~0.6x the unguided one (README, Diagnostics).
-    # 0: guidance at every σ <= guidance_sigma_max, the exact form of EDIS.md §6. Energies
-    # are trained on every level <= guidance_sigma_max whatever this is.
-    guidance_sigma_min: float = 2.0
+    w_policy: float | None = 1.0
+    # E_T is trained (so `edis diagnose` can measure it) but not applied: on the Hopper demo
+    # w_T > 0 did not lower the next-state or reward error (README, Diagnostics).
+    w_transition: float | None = 0.0
+    # Guidance acts for σ in [guidance_sigma_min, guidance_sigma_max] (normalised units) and
+    # the energies are trained on the sampler's levels inside it. The default, every σ, is
+    # what Theorem 3.1 needs: for data of unit scale, guidance above σ decides a share
+    # 1/√(1+σ²) of a mean shift (0.2 above σ = 5), guidance below σ the rest (0.55 below σ =
+    # 2: the interval [2, 5] realised 0.25 of the shift with exact energies).
+    guidance_sigma_max: float = math.inf
+    guidance_sigma_min: float = 0.0
     # Per-sample bound on ‖σ·Σ w∇E‖, the guidance's share of the ODE velocity dx/dσ, in
-    # units of √D (the unguided velocity's typical norm); None: no clipping.
-    guidance_clip: float | None = 1.0
+    # units of √D (the unguided velocity's typical norm); None: no clipping. Off by default:
+    # a bound of 1 cuts the tails of exact Gaussian guidance, which lowered the realised
+    # covariance change by 2% (tests/test_guidance_analytic.py, 128 steps: 0.99 against
+    # 1.01), and on the Hopper demo it changed no verdict.
+    guidance_clip: float | None = None
     energy_width: int = 128
     energy_depth: int = 2
     energy_embed_dim: int = 32
-    energy_lr: float = 1e-3
-    energy_groups: int = 128  # InfoNCE groups per gradient step
-    negatives: int = 15  # K negatives per positive
-    energy_steps: int = 500  # suggested gradient steps per refresh (the caller passes steps)
-    negative_trajectories: int = 2048  # reverse trajectories per sampling pass and refresh
+    # What the energies read: "x", the whole noised transition; "own", the dims of the §5
+    # table (s; (s, a); all of x), whose noised ratios then ignore what the other dims of x_σ
+    # say about s or a. And how EnergyNet maps its input (see EnergyNet): "tilt" or "edm".
+    energy_input: Literal["x", "own"] = "x"
+    energy_input_map: Literal["tilt", "edm"] = "tilt"
+    energy_lr: float = 3e-3  # peak; decays to 0 over each refresh's steps
+    energy_groups: int = 512  # InfoNCE groups (one positive each) per gradient step
+    # Noise levels per step (at most energy_groups), the groups split evenly over them
+    # (rounded down); None: one level per group.
+    energy_levels: int | None = 16
+    negatives: int = 64  # K negatives per group, shared by the groups of a level
+    energy_steps: int = 1000  # suggested gradient steps per refresh (the caller passes steps)
+    # Rows of every contrastive set (samples per sampling pass). Small sets overfit: on the
+    # Hopper demo, 1,024 rows and 2,000 steps doubled the guided next-state error (4,096: 1.1x).
+    negative_trajectories: int = 4096
     generate_batch: int = 1000  # rows per sampler call in generate()
     # Guided sampling in two passes, (s, a) then (r, s', done) given (s, a): see
     # SyntheticGenerator._sample_guided. False: one joint pass with all energies (§6).
@@ -93,6 +120,10 @@ class EDISConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"EDISConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.energy_levels is not None and self.energy_levels < 1:
+            raise ValueError(
+                f"EDISConfig.energy_levels must be >= 1 or None, got {self.energy_levels}"
+            )
         if self.energy_embed_dim < 2 or self.energy_embed_dim % 2:
             raise ValueError(
                 f"EDISConfig.energy_embed_dim must be even and >= 2, got {self.energy_embed_dim}"
@@ -112,19 +143,38 @@ class EDISConfig:
             raise ValueError(
                 f"EDISConfig.guidance_clip must be > 0 or None, got {self.guidance_clip}"
             )
+        for name, allowed in (("energy_input", ("x", "own")),
+                              ("energy_input_map", ("tilt", "edm"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"EDISConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
 
     @property
     def weights(self) -> dict[str, float | None]:
         return dict(zip(ENERGIES, (self.w_state, self.w_policy, self.w_transition), strict=True))
 
 
-@dataclass
-class ContrastivePool:
-    """One energy's training data: negatives[i] holds the M reverse-trajectory states x_σi
-    at sampler level i, (N, M, D); `clean` positives (R, D) are forward-noised to σ_i."""
-
-    negatives: torch.Tensor
-    clean: torch.Tensor
+def guidance_hook(
+    config: EDISConfig,
+    terms: list[EnergyTerm],
+    dim: int,
+    known: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> EnergyGuidance | None:
+    """The sampler's guidance by `terms` on D = `dim` dims with `config`'s interval and
+    clip; None when every scale is 0 or None, so that sampling is then exactly the unguided
+    sampler (see EnergyGuidance for `known` and `generator`)."""
+    clip = config.guidance_clip
+    guidance = EnergyGuidance(
+        terms,
+        None if clip is None else clip * dim**0.5,
+        config.guidance_sigma_max,
+        known=known,
+        generator=generator,
+        sigma_min=config.guidance_sigma_min,
+    )
+    return guidance if guidance.active else None
 
 
 class SyntheticGenerator:
@@ -154,11 +204,11 @@ class SyntheticGenerator:
             device=self.device,
             seed=seed,
         )
-        # The dims each energy reads (§5 table): s; (s, a); (s, a, r, s', done).
+        # The dims each energy reads: all of x, or those of the §5 table.
+        everything = slice(0, layout.dim)
+        own = {"state": layout.state, "policy": layout.state_action, "transition": everything}
         self.energy_dims = {
-            "state": layout.state,
-            "policy": layout.state_action,
-            "transition": slice(0, layout.dim),
+            name: everything if cfg.energy_input == "x" else own[name] for name in ENERGIES
         }
         self.energies: dict[str, EnergyNet] = {}
         with torch.random.fork_rng(devices=[]):
@@ -172,19 +222,25 @@ class SyntheticGenerator:
                         cfg.energy_depth,
                         cfg.energy_embed_dim,
                         cfg.diffusion.sigma_data,
+                        cfg.energy_input_map,
                     ).to(self.device)
-        self.energy_optimizers = {
-            name: torch.optim.Adam(net.parameters(), lr=cfg.energy_lr)
-            for name, net in self.energies.items()
-        }
         if self.energies:
             self._check_guidance_interval()
         self.rng = torch.Generator(self.device).manual_seed(seed + 2)
+        self.energy_training = EnergyTraining(
+            self.energies,
+            self.energy_dims,
+            lr=cfg.energy_lr,
+            groups=cfg.energy_groups,
+            negatives=cfg.negatives,
+            levels_per_step=cfg.energy_levels,
+            generator=self.rng,
+        )
         self.energies_trained = False
         self.dropped_rows = 0  # generated rows with NaN/inf, never returned
-        self.denoiser_evaluations = 0  # spent on energy negatives, all refreshes together
+        self.denoiser_evaluations = 0  # spent on contrastive sets, all refreshes together
 
-    # ----- offline phase -------------------------------------------------------------------
+    # ----- offline phase: the prior ---------------------------------------------------------
     def train_prior(
         self, data: Transitions, steps: int, progress: Callable[[int, float], None] | None = None
     ) -> float:
@@ -208,140 +264,65 @@ class SyntheticGenerator:
                 progress(step, loss)
         return float(np.mean(losses[-100:])) if losses else math.nan
 
-    # ----- online phase: energies ----------------------------------------------------------
+    # ----- online phase: the energies -------------------------------------------------------
     def train_energies(
         self, positives: Transitions, real: Transitions, policy: Policy, steps: int
     ) -> dict[str, float]:
-        """`steps` InfoNCE steps for every enabled energy (EDIS.md §5); returns the mean loss
-        and accuracy of the last 50 steps per energy and this refresh's denoiser evaluations.
+        """`steps` InfoNCE steps for every enabled energy (EDIS.md §5, who is contrasted with
+        whom: energy.training.contrastive_sets); returns the mean loss and accuracy of the
+        last 50 steps per energy and this refresh's denoiser evaluations.
 
         positives: the positive buffer (recent trajectories, ≈ d^π); real: replay data (true
         dynamics); policy: raw observations (B, obs_dim) -> raw actions a ~ π(·|s).
-
-        As in §5, E_s reads s only and E_π (s, a) only. Where other dims of x carry
-        information about s or a (r = f(s); s' − s depends on a in locomotion), the
-        noise-level energy of §4 depends on them too, and a state-only E_s under-shoots: on
-        a toy with r = s₀ + s₁, guided samples reached the positive mode 49-69% of the time
-        (unguided 25%) where an r independent of s gives > 75% (tests/test_energy_guidance.py).
         """
         self._require_prior()
-        pools = self._contrastive_pools(positives, real, policy)
+        for name, data in (("positives", positives), ("real", real)):
+            if len(data) == 0:
+                raise ValueError(f"train_energies needs {name} transitions, got none")
+        sets = contrastive_sets(
+            self.prior,
+            self.layout,
+            self.energies,
+            self._normalize(self.layout.to_array(positives)),
+            self._normalize(self.layout.to_array(real)),
+            policy,
+            self.config.negative_trajectories,
+            self.rng,
+        )
         evaluations = self.refresh_evaluations()
         self.denoiser_evaluations += evaluations
-        sigmas = self.prior.sigmas()[:-1].to(self.device, torch.float32)
-        levels = torch.nonzero(sigmas <= self.config.guidance_sigma_max).squeeze(1)
-        history: dict[str, list[tuple[float, float]]] = {name: [] for name in self.energies}
-        for _ in range(steps):
-            for name, net in self.energies.items():
-                loss, accuracy = self._infonce_step(
-                    net, pools[name], self.energy_dims[name], sigmas, levels
-                )
-                optimizer = self.energy_optimizers[name]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                history[name].append((loss.item(), accuracy.item()))
+        metrics = self.energy_training.train(sets, self.guidance_levels(), steps)
         self.energies_trained = True
-        metrics: dict[str, float] = {"denoiser_evaluations": float(evaluations)}
-        for name, values in history.items():
-            tail = np.array(values[-50:]) if values else np.full((1, 2), np.nan)
-            metrics[f"{name}_loss"], metrics[f"{name}_accuracy"] = tail.mean(0).tolist()
-        return metrics
+        return {"denoiser_evaluations": float(evaluations), **metrics}
 
     def refresh_evaluations(self) -> int:
-        """Denoiser sample-evaluations that one train_energies call spends on negatives."""
-        passes = int("state" in self.energies or "policy" in self.energies)
-        passes += int("transition" in self.energies)
+        """Denoiser sample-evaluations that one train_energies call spends on its sets."""
+        unconditional, conditional = conditional_passes(self.energies)
         return (
-            passes
+            (unconditional + conditional)
             * self.config.negative_trajectories
             * self.config.diffusion.evaluations_per_sample
         )
 
-    def _contrastive_pools(
-        self, positives: Transitions, real: Transitions, policy: Policy
-    ) -> dict[str, ContrastivePool]:
-        """Positives and negatives of each energy at every sampler level σ_i (§5 table); their
-        sampling cost is `refresh_evaluations()`.
-
-        Negatives are the states x_σi of the prior's reverse trajectories, each used at its
-        own level: one unconditional pass serves E_s and E_π, one pass inpainting
-        (r, s', done) given real (s, a) serves E_T (the prior's learned conditional: the
-        replacement method's (r, s', done) are far off when s' depends on (s, a)). Positives
-        are clean rows forward-noised to the σ_i of their group; those of E_π take s from the
-        same prior samples (so both sides share the s marginal) and a ~ π(·|s); those of E_T
-        share the real (s, a).
-        """
-        layout, m, energies = self.layout, self.config.negative_trajectories, self.energies
-        pools = {}
-        if "state" in energies or "policy" in energies:
-            out = self.prior.sample(m, return_trajectory=True)
-            if "state" in energies:
-                clean = self._normalize(layout.to_array(positives))
-                pools["state"] = ContrastivePool(out.trajectory, clean)
-            if "policy" in energies:
-                clean = out.x.clone()
-                clean[:, layout.action] = self._policy_actions(policy, out.x[:, layout.state])
-                pools["policy"] = ContrastivePool(out.trajectory, clean)
-        if "transition" in energies:
-            clean = self._normalize(layout.to_array(real))
-            known = Inpaint(
-                clean[self._draw(len(clean), m)], layout.mask("state_action", device=self.device)
-            )
-            trajectory = self.prior.sample(m, inpaint=known, return_trajectory=True).trajectory
-            if self.prior.conditions_on(known.mask):
-                trajectory = self._noise_known(trajectory, known.mask)
-            pools["transition"] = ContrastivePool(trajectory, clean)
-        return pools
-
-    def _noise_known(self, trajectory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The conditional sampler holds the given (s, a) clean; noise them to each level σ_i
-        (fresh ε) so that negatives and forward-noised positives differ only in (r, s', done)."""
-        sigmas = self.prior.sigmas()[:-1].to(self.device, torch.float32)
-        noise = torch.randn(trajectory.shape, device=self.device, generator=self.rng)
-        return torch.where(mask, trajectory + sigmas[:, None, None] * noise, trajectory)
-
-    def _infonce_step(
-        self,
-        net: EnergyNet,
-        pool: ContrastivePool,
-        dims: slice,
-        sigmas: torch.Tensor,
-        levels: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss of G groups, each one positive and K negatives at one sampler level σ_i,
-        i drawn from `levels` (indices into the sampler's σ schedule)."""
-        groups, k = self.config.energy_groups, self.config.negatives
-        level = levels[self._draw(len(levels), groups)]
-        sigma = sigmas[level]
-        clean = pool.clean[self._draw(len(pool.clean), groups)]
-        noise = torch.randn(clean.shape, device=self.device, generator=self.rng)
-        positive = clean + sigma[:, None] * noise  # forward-noised to its group's σ_i
-        columns = self._draw(pool.negatives.shape[1], groups * k).view(groups, k)
-        negative = pool.negatives[level[:, None], columns]
-        return contrastive_loss(net, positive[:, dims], negative[..., dims], sigma)
+    def guidance_levels(self) -> torch.Tensor:
+        """The σ at which the sampler evaluates guidance (σ̂ of churned steps and Heun's
+        corrector levels included), with repetition: where the energies act and are trained."""
+        cfg = self.config
+        sigmas = self.prior.evaluation_sigmas().to(self.device, torch.float32)
+        inside = (sigmas >= cfg.guidance_sigma_min) & (sigmas <= cfg.guidance_sigma_max)
+        return sigmas[inside]
 
     def guidance(
         self, names: tuple[str, ...] = ENERGIES, known: torch.Tensor | None = None
     ) -> EnergyGuidance | None:
-        """The guidance hook of the energies `names` at the current weights; None when every
-        scale is 0 or None, so that sampling is then exactly the unguided sampler. `known`:
-        the dims the conditional sampler holds clean (see EnergyGuidance)."""
+        """The guidance hook of the energies `names` at the current weights (see
+        guidance_hook). `known`: the dims the conditional sampler holds clean."""
         terms = [
             EnergyTerm(net, self.energy_dims[name], self.config.weights[name])
             for name, net in self.energies.items()
             if name in names
         ]
-        clip = self.config.guidance_clip
-        guidance = EnergyGuidance(
-            terms,
-            None if clip is None else clip * self.layout.dim**0.5,
-            self.config.guidance_sigma_max,
-            known=known,
-            generator=self.rng,
-            sigma_min=self.config.guidance_sigma_min,
-        )
-        return guidance if guidance.active else None
+        return guidance_hook(self.config, terms, self.layout.dim, known, self.rng)
 
     # ----- sampling ------------------------------------------------------------------------
     def generate(self, n: int, guided: bool | None = None) -> Transitions:
@@ -363,17 +344,16 @@ class SyntheticGenerator:
         return self.layout.to_transitions(array)
 
     def _sample_guided(self, m: int) -> torch.Tensor:
-        """Normalised samples of p_θ·exp(−E_s − E_π − E_T) (Theorem 3.1).
+        """Normalised samples of the guided sampler: D̃ = D_θ − σ² Σ_k w_k ∇E_k,σ at every
+        level inside the guidance interval. With energies at their optimum, w_s = w_π = 1
+        and guidance at every σ this samples μ = d^π(s)·π(a|s)·p_θ(r, s', done | s, a)
+        exactly (E_s,σ + E_π,σ = −log μ_σ/p_σ, see energy.training.contrastive_sets); w_T =
+        1 adds E_T, which moves (r, s', done) toward the real dynamics T(·|s, a).
 
-        Joint (default): one pass with every energy's gradient (EDIS.md §6). Factorised: the
-        same target split as [p_θ(s, a)·e^{−E_s−E_π}]·[p_θ(r, s', done | s, a)·e^{−E_T}]:
+        Joint (default): one pass with every energy's gradient (EDIS.md §6). Factorised:
         (s, a) from a pass guided by E_s and E_π, then (r, s', done) inpainted from the
-        prior's learned conditional under E_T, at twice the sampling cost. With s' − s
-        modelled (the default) the joint pass is the better one: on the Hopper demo run the
-        guided next-state error (normalised MSE, guidance at every σ) was 0.012 joint
-        against 0.020 factorised (unguided 0.011), and on the linear toy of
-        tests/test_energy_guidance.py E_T removes 24-43% of the dynamics error in the joint
-        pass, 1-18% in the factorised one.
+        prior's learned conditional under E_T alone, at twice the sampling cost; E_T then
+        acts on a conditional sampler whose (s, a) are held clean.
         """
         joint = self.guidance()
         if not self.config.factorized_guidance or joint is None:
@@ -388,7 +368,7 @@ class SyntheticGenerator:
     def energy_state_dict(self) -> dict[str, Any]:
         return {
             "nets": {name: net.state_dict() for name, net in self.energies.items()},
-            "optimizers": {name: opt.state_dict() for name, opt in self.energy_optimizers.items()},
+            "optimizers": self.energy_training.state_dict(),
             "trained": self.energies_trained,
         }
 
@@ -400,7 +380,7 @@ class SyntheticGenerator:
             )
         for name, net in self.energies.items():
             net.load_state_dict(state["nets"][name])
-            self.energy_optimizers[name].load_state_dict(state["optimizers"][name])
+        self.energy_training.load_state_dict(state["optimizers"])
         self.energies_trained = bool(state["trained"])
 
     def state_dict(self) -> dict[str, Any]:
@@ -456,24 +436,12 @@ class SyntheticGenerator:
         x = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
         return self.prior.normalizer.normalize(x)
 
-    def _draw(self, high: int, n: int) -> torch.Tensor:
-        return torch.randint(high, (n,), device=self.device, generator=self.rng)
-
-    @torch.no_grad()
-    def _policy_actions(self, policy: Policy, states: torch.Tensor) -> torch.Tensor:
-        """a ~ π(·|s) for normalised states, returned normalised."""
-        norm, layout = self.prior.normalizer, self.layout
-        raw_states = states * norm.std[layout.state] + norm.mean[layout.state]
-        actions = policy(raw_states).to(self.device, torch.float32)
-        return (actions - norm.mean[layout.action]) / norm.std[layout.action]
-
     def _check_guidance_interval(self) -> None:
-        """Guidance only acts at the sampler's levels σ_i: a coarse schedule can skip the
+        """Guidance only acts at the σ the sampler evaluates: a coarse schedule can skip the
         whole interval, and guided sampling would then silently be unguided."""
         cfg = self.config
         sigmas = self.prior.sigmas()[:-1]
-        inside = (sigmas >= cfg.guidance_sigma_min) & (sigmas <= cfg.guidance_sigma_max)
-        if not inside.any():
+        if len(self.guidance_levels()) == 0:
             raise ValueError(
                 f"no level of the {cfg.diffusion.sampling_steps}-step sampler lies in the "
                 f"guidance interval [{cfg.guidance_sigma_min}, {cfg.guidance_sigma_max}] "

@@ -35,9 +35,8 @@ def generator(seed: int = 0, **overrides) -> SyntheticGenerator:
         energy_width=16,
         negative_trajectories=64,
         energy_groups=8,
-        negatives=3,
         generate_batch=50,
-        **{"guidance_sigma_min": 0.0, **overrides},  # the 4-step sampler has no level >= 2
+        **{"negatives": 3, "energy_levels": 2, **overrides},
     )
     return SyntheticGenerator(3, 2, config, seed=seed)
 
@@ -65,16 +64,19 @@ def test_config_validation():
         {"energy_embed_dim": 3},
         {"energy_lr": 0.0},
         {"negative_trajectories": 0},
-        {"guidance_sigma_min": 5.0},
+        {"guidance_sigma_min": 5.0, "guidance_sigma_max": 5.0},
         {"guidance_sigma_min": -1.0},
         {"guidance_sigma_max": 0.0},
+        {"energy_levels": 0},
+        {"energy_input": "state"},
+        {"energy_input_map": "c_in"},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             EDISConfig(**bad)
     with pytest.raises(ValueError, match="mode"):
         SyntheticGenerator(3, 2, mode="guided")
     with pytest.raises(ValueError, match="guidance interval"):
-        generator(guidance_sigma_min=2.0)  # 4 steps: levels 80, 9.7, 0.47, 0.002
+        generator(guidance_sigma_min=2.0, guidance_sigma_max=5.0)  # levels 80, 9.7, 0.47, 0
     assert EDISConfig(diffusion={"width": 8}).diffusion.width == 8
 
 
@@ -107,11 +109,14 @@ def test_train_energies_metrics_cost_and_raw_policy_inputs():
     for name in ("state", "policy", "transition"):
         assert np.isfinite(metrics[f"{name}_loss"])
         assert 0.0 <= metrics[f"{name}_accuracy"] <= 1.0
-    assert metrics["denoiser_evaluations"] == gen.refresh_evaluations() == 2 * 64 * 7
+    # one unconditional pass (x_p) and three given (s, a) (x_π, x_s, E_T's), 64 rows each
+    assert metrics["denoiser_evaluations"] == gen.refresh_evaluations() == 4 * 64 * 7
     # the policy sees raw observations (~100), never normalised ones (~0)
     assert seen and all(abs(obs.mean().item() - 100.0) < 20.0 for obs in seen)
-    gen_no_state_policy = generator(w_state=None, w_policy=None)
-    assert gen_no_state_policy.refresh_evaluations() == 64 * 7
+    assert generator(w_state=None, w_policy=None).refresh_evaluations() == 64 * 7
+    assert generator(w_state=None, w_transition=None).refresh_evaluations() == 2 * 64 * 7
+    with pytest.raises(ValueError, match="positives"):
+        gen.train_energies(Transitions.empty(3, 2), dataset(seed=2), policy_recording([]), 1)
 
 
 def test_refresh_cost_at_paper_size_is_under_a_twentieth_of_the_reference():
@@ -194,3 +199,21 @@ def test_states_without_the_next_state_coding_load_as_modelling_s_prime():
     assert not SyntheticGenerator.from_state_dict(state).layout.next_state_delta
     with pytest.raises(ValueError, match="next_state_delta=false"):
         generator().load_state_dict(state)
+
+
+def test_states_without_the_energy_options_load_their_energies_as_they_were():
+    """States written before energy_input, energy_input_map and energy_levels existed had
+    energies on their own dims with EDM's input scaling, one level per InfoNCE group: they
+    load with those nets (same weights, same energies) and that training."""
+    old = trained(energy_input="own", energy_input_map="edm", energy_levels=None)
+    state = old.state_dict()
+    for key in ("energy_input", "energy_input_map", "energy_levels"):
+        del state["config"][key]
+    twin = SyntheticGenerator.from_state_dict(state)
+    assert twin.config == old.config
+    assert twin.energies["state"].input.in_features == 3  # s only
+    assert twin.energy_training.levels_per_step == twin.config.energy_groups
+    x = torch.randn(5, 3)
+    assert torch.equal(twin.energies["state"](x, 0.5), old.energies["state"](x, 0.5))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the current default reads all x
+        generator().load_energy_state_dict(state["energies"])

@@ -74,6 +74,20 @@ class Churn:
         return 0.0
 
 
+def evaluation_sigmas(sigmas: torch.Tensor, churn: Churn = Churn()) -> torch.Tensor:
+    """The σ at which `heun_sample` evaluates the denoiser, and with it any guidance: the
+    churned σ̂_i = σ_i(1 + γ_i) of every step and Heun's corrector level σ_{i+1} of every step
+    but the last, 2N − 1 values in the order they are used."""
+    steps = len(sigmas) - 1
+    levels = sigmas.tolist()
+    evaluated = []
+    for i in range(steps):
+        evaluated.append(levels[i] * (1.0 + churn.gamma(levels[i], steps)))
+        if levels[i + 1] > 0:
+            evaluated.append(levels[i + 1])
+    return torch.tensor(evaluated, dtype=sigmas.dtype)
+
+
 @dataclass(frozen=True)
 class Inpaint:
     """Known dims (mask (D,) True) fixed to `values` (B, D); other columns are ignored.

@@ -17,6 +17,7 @@ from edis_core.diffusion.edm import (
     Guidance,
     Inpaint,
     SamplerOutput,
+    evaluation_sigmas,
     heun_sample,
     karras_sigmas,
     loss_weight,
@@ -192,6 +193,10 @@ class DiffusionPrior:
     def sigmas(self, steps: int | None = None) -> torch.Tensor:
         cfg = self.config
         return karras_sigmas(steps or cfg.sampling_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+
+    def evaluation_sigmas(self) -> torch.Tensor:
+        """The σ at which `sample` evaluates the denoiser (and guidance): see edm."""
+        return evaluation_sigmas(self.sigmas(), self.config.churn)
 
     def conditions_on(self, mask: torch.Tensor) -> bool:
         """Whether inpainting given `mask` samples a learned conditional (else replacement)."""

@@ -28,14 +28,25 @@ def infonce_loss(positive_energy: torch.Tensor, negative_energy: torch.Tensor) -
 def contrastive_loss(
     energy: EnergyNet, positives: torch.Tensor, negatives: torch.Tensor, sigma: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE of one energy on G groups, every member of group g noised to the same σ_g.
+    """InfoNCE of one energy over L noise levels, every row of level l noised to σ_l.
 
-    positives: (G, d); negatives: (G, K, d); σ: (G,). Returns the loss and the fraction of
-    groups whose positive has the lowest energy (a diagnostic; 1/(K+1) means no signal).
+    positives: (L, P, d); negatives: (L, K, d); σ: (L,). Each positive forms a group with
+    the K negatives of its level, which the level's P groups share: P·K comparisons for P + K
+    evaluations of the net, and each group is still one positive against K independent
+    negatives, so the minimiser is the density ratio of §5. Returns the loss and the
+    fraction of groups whose positive has the lowest energy (1/(K+1): no signal).
     """
-    groups, k, d = negatives.shape
-    rows = torch.cat([positives[:, None], negatives], dim=1).reshape(groups * (k + 1), d)
-    energies = energy(rows, sigma.repeat_interleave(k + 1)).reshape(groups, k + 1)
-    loss = infonce_loss(energies[:, 0], energies[:, 1:])
-    accuracy = (energies.argmin(1) == 0).float().mean()
+    levels, p, d = positives.shape
+    if negatives.ndim != 3 or negatives.shape[0] != levels or negatives.shape[2] != d:
+        raise ValueError(
+            f"expected (L, P, d) positives and (L, K, d) negatives, got "
+            f"{tuple(positives.shape)} and {tuple(negatives.shape)}"
+        )
+    k = negatives.shape[1]
+    rows = torch.cat([positives, negatives], dim=1).reshape(levels * (p + k), d)
+    energies = energy(rows, sigma.repeat_interleave(p + k)).reshape(levels, p + k)
+    positive = energies[:, :p].reshape(levels * p)
+    negative = energies[:, None, p:].expand(levels, p, k).reshape(levels * p, k)
+    loss = infonce_loss(positive, negative)
+    accuracy = (positive < negative.min(dim=1).values).float().mean()
     return loss, accuracy
