@@ -2,9 +2,11 @@
 
 EDIS targets q(s, a, s') = d^π(s) · π(a|s) · T(s'|s, a) (Theorem 3.1), so a batch of guided
 samples should, compared with an unguided batch from the same prior,
-  - have states closer to the positive buffer (≈ d^π): `mmd`, the state energy E_s;
-  - have actions more likely under the current policy: `policy_log_likelihood`, E_π;
-  - keep s' and r as faithful to the true dynamics: `dynamics_fidelity`, E_T;
+  - have states closer to d^π, measured against episodes of the current policy that the
+    energies never saw (`mmd`; the state energy E_s);
+  - have actions more typical of the current policy at their own states:
+    `relative_policy_score`, log π(a|s) − E_{a'∼π(·|s)} log π(a'|s), 0 for a ~ π (E_π);
+  - keep s' and r as faithful to the true dynamics: `dynamics_fidelity` (E_T);
   - stay finite and inside the data's range: `validity`.
 `compare` puts these side by side in a JSON-ready report.
 """
@@ -127,6 +129,34 @@ def policy_log_likelihood(agent: Agent, observations: np.ndarray, actions: np.nd
                                   device=device)
             total += float(agent.log_prob(obs, act).double().sum())
     return total / len(actions)
+
+
+def relative_policy_score(agent: Agent, observations: np.ndarray, actions: np.ndarray,
+                          action_low: np.ndarray, action_high: np.ndarray, samples: int = 8,
+                          seed: int = 0, batch_size: int = 4096) -> float:
+    """Mean over rows of log π(a|s) − E_{a'∼π(·|s)} log π(a'|s); actions in env units.
+
+    The policy's own actions score 0 on average at any state; actions it finds less likely
+    than its own score below 0. Unlike the mean log π(a|s), this does not depend on which
+    states the rows have: a policy whose spread varies with s (Cal-QL's) would otherwise
+    mix the state shift into the action score. The expectation is estimated with `samples`
+    actions per state, drawn with torch seeded by `seed`.
+    """
+    if samples < 1:
+        raise ValueError(f"relative_policy_score: samples must be >= 1, got {samples}")
+    own = policy_log_likelihood(agent, observations, actions, action_low, action_high,
+                                batch_size)
+    device = getattr(agent, "device", "cpu")
+    limit = 1.0 - _ACTION_EPS
+    total = 0.0
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for start in range(0, len(observations), batch_size):
+            obs = torch.as_tensor(observations[start:start + batch_size], dtype=torch.float32,
+                                  device=device).repeat(samples, 1)
+            sampled = agent.sample_actions(obs).clamp(-limit, limit)
+            total += float(agent.log_prob(obs, sampled).double().sum()) / samples
+    return own - total / len(observations)
 
 
 # --- (c) dynamics fidelity -------------------------------------------------------------------
@@ -293,67 +323,113 @@ def validity(transitions: Transitions, reference: Transitions, margin: float = 0
 
 # --- (e) guided vs unguided ------------------------------------------------------------------
 
-def _batch_report(batch: Transitions, positives: Transitions, reference: Transitions,
-                  agent: Agent, env_id: str | None, action_low: np.ndarray,
-                  action_high: np.ndarray, dynamics_scale: np.ndarray, max_samples: int,
-                  seed: int) -> dict:
+def _batch_report(batch: Transitions, held_out: Transitions, positives: Transitions | None,
+                  reference: Transitions, agent: Agent, env_id: str | None,
+                  action_low: np.ndarray, action_high: np.ndarray,
+                  dynamics_scale: np.ndarray, max_samples: int, seed: int) -> dict:
     finite = batch.take(np.flatnonzero(_finite_rows(batch)))
     report: dict = {"n": len(batch), "n_finite": len(finite)}
-    if len(finite) >= 2:
+    enough = len(finite) >= 2
+    report["state_mmd_to_held_out"] = mmd(
+        finite.observations, held_out.observations, seed=seed,
+        reference=held_out.observations) if enough else None
+    if positives is not None:
         report["state_mmd_to_positive_buffer"] = mmd(
             finite.observations, positives.observations, seed=seed,
-            reference=positives.observations)
-        report["policy_log_likelihood"] = policy_log_likelihood(
-            agent, finite.observations, finite.actions, action_low, action_high)
-    else:
-        report["state_mmd_to_positive_buffer"] = None
-        report["policy_log_likelihood"] = None
-    if env_id is None:
-        report["dynamics"] = {"supported": False, "reason": "no env id given"}
-    else:
-        try:
-            report["dynamics"] = dynamics_fidelity(env_id, batch, max_samples, seed,
-                                                   scale=dynamics_scale)
-        except (ValueError, gym.error.Error) as e:
-            report["dynamics"] = {"supported": False, "reason": str(e)}
+            reference=positives.observations) if enough else None
+    report["policy_log_likelihood"] = policy_log_likelihood(
+        agent, finite.observations, finite.actions, action_low, action_high) if enough else None
+    report["relative_policy_score"] = relative_policy_score(
+        agent, finite.observations, finite.actions, action_low, action_high,
+        seed=seed) if enough else None
+    report["dynamics"] = _dynamics(env_id, batch, max_samples, seed, dynamics_scale)
     report["validity"] = validity(batch, reference)
     return report
+
+
+def _dynamics(env_id: str | None, batch: Transitions, max_samples: int, seed: int,
+              scale: np.ndarray) -> dict:
+    if env_id is None:
+        return {"supported": False, "reason": "no env id given"}
+    try:
+        return dynamics_fidelity(env_id, batch, max_samples, seed, scale=scale)
+    except (ValueError, gym.error.Error) as e:
+        return {"supported": False, "reason": str(e)}
 
 
 def _less(a: float | None, b: float | None) -> bool | None:
     return None if a is None or b is None else bool(a < b)
 
 
-def compare(guided: Transitions, unguided: Transitions, positives: Transitions,
+TRANSITION_GAIN = 0.9  # transition_energy_helps: w_T > 0 removes at least 10% of an error
+_DYNAMICS_KEYS = ("next_obs_normalised_mse", "reward_mse")
+
+
+def _transition_probe(weight: float, with_energy: Transitions, without: Transitions, *,
+                      env_id: str | None, max_samples: int, seed: int,
+                      scale: np.ndarray) -> dict:
+    on = _dynamics(env_id, with_energy, max_samples, seed, scale)
+    off = _dynamics(env_id, without, max_samples, seed, scale)
+    probe: dict = {"w_transition": weight, "with": on, "without": off, "ratio": None,
+                   "helps": None}
+    if on["supported"] and off["supported"]:
+        ratio = {key: on[key] / off[key] if off[key] > 0 else None for key in _DYNAMICS_KEYS}
+        probe["ratio"] = ratio
+        if None not in ratio.values():
+            probe["helps"] = bool(min(ratio.values()) <= TRANSITION_GAIN
+                                  and max(ratio.values()) <= DYNAMICS_TOLERANCE)
+    return probe
+
+
+def compare(guided: Transitions, unguided: Transitions, held_out: Transitions,
             reference: Transitions, agent: Agent, env_id: str | None,
             action_low: np.ndarray, action_high: np.ndarray, max_samples: int = 10_000,
-            seed: int = 0) -> dict:
+            seed: int = 0, positives: Transitions | None = None,
+            transition_probe: tuple[float, Transitions, Transitions] | None = None) -> dict:
     """JSON-ready report on a guided and an unguided batch, with a verdict.
 
-    `positives` is the positive buffer (≈ d^π), `reference` the offline dataset (range for
-    validity, common scale for the normalised dynamics error). Both MMDs use the positive
-    buffer's z-scoring and bandwidth, so they are comparable. Verdict entries are None when a
-    metric could not be computed. dynamics_no_worse: guided normalised next-state MSE and
-    reward MSE are each at most DYNAMICS_TOLERANCE (1.1) times the unguided ones.
+    `held_out`: episodes of the current policy that the energies never saw (≈ d^π); both
+    MMDs use its z-scoring and bandwidth, so they are comparable. `positives` (optional):
+    the positive buffer the energies were trained on, reported beside it as an in-sample
+    figure. `reference`: the offline dataset (range for validity, common scale for the
+    normalised dynamics error). `transition_probe` (optional): (w_T, with, without), two
+    guided batches that differ only in the transition energy's scale, w_T > 0 and 0
+    (random numbers included); their dynamics errors are compared. Verdict entries are
+    None when a metric could not be computed:
+      guided_closer_to_held_out_states: lower MMD² to `held_out`;
+      guided_closer_to_policy: relative policy score nearer 0 (the policy's own actions);
+      dynamics_no_worse: guided normalised next-state MSE and reward MSE each at most
+        DYNAMICS_TOLERANCE (1.1) times the unguided ones;
+      transition_energy_helps: w_T > 0 gives at least 10% lower next-state or reward MSE
+        than w_T = 0, and neither more than DYNAMICS_TOLERANCE times higher.
     """
     scale = reference.next_observations.astype(np.float64).std(0)
-    batches = {"guided": guided, "unguided": unguided}
-    report: dict = {name: _batch_report(batch, positives, reference, agent, env_id, action_low,
-                                        action_high, scale, max_samples, seed)
-                    for name, batch in batches.items()}
+
+    def report_on(batch: Transitions) -> dict:
+        return _batch_report(batch, held_out, positives, reference, agent, env_id,
+                             action_low, action_high, scale, max_samples, seed)
+
+    report: dict = {"guided": report_on(guided), "unguided": report_on(unguided)}
     g, u = report["guided"], report["unguided"]
     dynamics_no_worse = None
     if g["dynamics"]["supported"] and u["dynamics"]["supported"]:
         dynamics_no_worse = all(
             g["dynamics"][key] <= DYNAMICS_TOLERANCE * u["dynamics"][key]
-            for key in ("next_obs_normalised_mse", "reward_mse"))
-    closer_to_policy = _less(u["policy_log_likelihood"], g["policy_log_likelihood"])
+            for key in _DYNAMICS_KEYS)
+    closer_to_policy = None
+    if g["relative_policy_score"] is not None and u["relative_policy_score"] is not None:
+        closer_to_policy = abs(g["relative_policy_score"]) < abs(u["relative_policy_score"])
     report["verdict"] = {
-        "guided_closer_to_positive_buffer": _less(g["state_mmd_to_positive_buffer"],
-                                                  u["state_mmd_to_positive_buffer"]),
+        "guided_closer_to_held_out_states": _less(g["state_mmd_to_held_out"],
+                                                  u["state_mmd_to_held_out"]),
         "guided_closer_to_policy": closer_to_policy,
         "dynamics_no_worse": dynamics_no_worse,
+        "transition_energy_helps": None,
     }
+    if transition_probe is not None:
+        report["transition_probe"] = _transition_probe(
+            *transition_probe, env_id=env_id, max_samples=max_samples, seed=seed, scale=scale)
+        report["verdict"]["transition_energy_helps"] = report["transition_probe"]["helps"]
     report["settings"] = {"dynamics_tolerance": DYNAMICS_TOLERANCE, "max_samples": max_samples,
                           "seed": seed, "env_id": env_id}
     return report

@@ -16,6 +16,7 @@ from edis_core.diagnostics import (
     dynamics_fidelity,
     mmd,
     policy_log_likelihood,
+    relative_policy_score,
     scale_actions,
     validity,
 )
@@ -113,20 +114,29 @@ def test_mmd_rejects_bad_input():
 # --- policy log-likelihood -------------------------------------------------------------------
 
 class StubPolicy:
-    """π(a|s) = N(0.5·tanh(s[:act_dim]), 0.2²) per dim in the agent's [-1, 1] space."""
+    """π(a|s) = N(0.5·tanh(s[:act_dim]), std(s)²) per dim in the agent's [-1, 1] space, with
+    std(s) = 0.2, or 0.02 + 0.3·sigmoid(2 s₀) (a spread that depends on the state, as
+    Cal-QL's does) when `varying`."""
 
-    def __init__(self, act_dim: int) -> None:
+    def __init__(self, act_dim: int, varying: bool = False) -> None:
         self.device = torch.device("cpu")
-        self.act_dim = act_dim
+        self.act_dim, self.varying = act_dim, varying
         self.seen: list[torch.Tensor] = []
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
         return 0.5 * np.tanh(obs[..., :self.act_dim])
 
+    def _normal(self, observations: torch.Tensor) -> torch.distributions.Normal:
+        mean = 0.5 * torch.tanh(observations[:, :self.act_dim])
+        std = 0.02 + 0.3 * torch.sigmoid(2 * observations[:, :1]) if self.varying else 0.2
+        return torch.distributions.Normal(mean, std * torch.ones_like(mean))
+
     def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         self.seen.append(actions)
-        mean = 0.5 * torch.tanh(observations[:, :self.act_dim])
-        return torch.distributions.Normal(mean, 0.2).log_prob(actions).sum(-1)
+        return self._normal(observations).log_prob(actions).sum(-1)
+
+    def sample_actions(self, observations: torch.Tensor) -> torch.Tensor:
+        return self._normal(observations).sample()
 
 
 def test_scale_actions_maps_box_to_unit_interval():
@@ -155,6 +165,28 @@ def test_policy_log_likelihood_prefers_actions_near_policy_mean():
     ll_mean = policy_log_likelihood(agent, obs, to_env(mean), low, high, batch_size=7)
     assert ll_mean == pytest.approx(2 * (-np.log(0.2) - 0.5 * np.log(2 * np.pi)), abs=1e-4)
     assert len(agent.seen) > 1 and all(a.abs().max() < 1 for a in agent.seen)
+
+
+def test_relative_policy_score_is_zero_for_the_policys_own_actions_at_any_states():
+    """With a state-dependent spread, the mean log π(a|s) of the policy's own actions moves
+    by ~5 nats between two sets of states; the relative score stays ~0 on both, and drops
+    for actions the policy finds unlikely."""
+    agent = StubPolicy(act_dim=2, varying=True)
+    rng = np.random.default_rng(0)
+    low, high = -np.ones(2), np.ones(2)
+    scores, likelihoods = [], []
+    for centre in (-2.0, 2.0):  # narrow (std ~0.02) and wide (std ~0.3) policy states
+        obs = (centre + 0.3 * rng.standard_normal((2000, 3))).astype(np.float32)
+        torch.manual_seed(1)
+        own = agent.sample_actions(torch.as_tensor(obs)).numpy()
+        scores.append(relative_policy_score(agent, obs, own, low, high, samples=16, seed=2))
+        likelihoods.append(policy_log_likelihood(agent, obs, own, low, high))
+    assert likelihoods[0] - likelihoods[1] > 4.0
+    assert all(abs(score) < 0.1 for score in scores)
+    far = np.clip(agent.mean(obs) + 0.5, -0.99, 0.99)
+    assert relative_policy_score(agent, obs, far, low, high) < -1.0  # 1.6 std off per dim
+    with pytest.raises(ValueError, match="samples"):
+        relative_policy_score(agent, obs, far, low, high, samples=0)
 
 
 # --- dynamics fidelity -----------------------------------------------------------------------
@@ -266,36 +298,42 @@ def test_compare_report_and_verdict():
     env.close()
     agent = StubPolicy(act_dim=3)
     # Deterministic "current policy" acting at the stub's mean (action space is [-1, 1]).
-    on_policy: Policy = lambda obs, rng: agent.mean(obs) + 0.05 * rng.standard_normal(3)  # noqa: E731
+    on_policy: Policy = lambda obs, rng: agent.mean(obs) + 0.2 * rng.standard_normal(3)  # noqa: E731
     positives = rollout("Hopper-v5", 300, on_policy, seed=0)
+    held_out = rollout("Hopper-v5", 300, on_policy, seed=3)
     good = rollout("Hopper-v5", 300, on_policy, seed=1)
     bad = perturbed(rollout("Hopper-v5", 300, seed=2), 0.2)
     reference = Transitions.concatenate([positives, bad])
 
-    report = compare(good, bad, positives, reference, agent, "Hopper-v5", low, high,
-                     max_samples=200)
-    assert set(report) == {"guided", "unguided", "verdict", "settings"}
+    report = compare(good, bad, held_out, reference, agent, "Hopper-v5", low, high,
+                     max_samples=200, positives=positives, transition_probe=(1.0, good, bad))
+    assert set(report) == {"guided", "unguided", "verdict", "settings", "transition_probe"}
     for side in ("guided", "unguided"):
-        assert {"state_mmd_to_positive_buffer", "policy_log_likelihood", "dynamics",
+        assert {"state_mmd_to_held_out", "state_mmd_to_positive_buffer",
+                "policy_log_likelihood", "relative_policy_score", "dynamics",
                 "validity"} <= set(report[side])
         assert report[side]["dynamics"]["supported"] is True
+    assert abs(report["guided"]["relative_policy_score"]) < 0.2  # the policy's own actions
     assert plain(report)
     json.dumps(report, allow_nan=False)
     verdict = report["verdict"]
-    assert set(verdict) == {"guided_closer_to_positive_buffer", "guided_closer_to_policy",
-                            "dynamics_no_worse"}
-    assert verdict["guided_closer_to_positive_buffer"] is True
-    assert verdict["guided_closer_to_policy"] is True
-    assert verdict["dynamics_no_worse"] is True
+    assert verdict == {"guided_closer_to_held_out_states": True,
+                       "guided_closer_to_policy": True, "dynamics_no_worse": True,
+                       "transition_energy_helps": True}
+    probe = report["transition_probe"]
+    assert probe["w_transition"] == 1.0 and probe["ratio"]["next_obs_normalised_mse"] < 1e-3
 
-    swapped = compare(bad, good, positives, reference, agent, "Hopper-v5", low, high,
-                      max_samples=200)["verdict"]
-    assert swapped["guided_closer_to_positive_buffer"] is False
-    assert swapped["guided_closer_to_policy"] is False
-    assert swapped["dynamics_no_worse"] is False
+    swapped = compare(bad, good, held_out, reference, agent, "Hopper-v5", low, high,
+                      max_samples=200, transition_probe=(1.0, bad, good))
+    assert "state_mmd_to_positive_buffer" not in swapped["guided"]
+    assert swapped["verdict"] == {"guided_closer_to_held_out_states": False,
+                                  "guided_closer_to_policy": False, "dynamics_no_worse": False,
+                                  "transition_energy_helps": False}
 
-    unsupported = compare(good, bad, positives, reference, agent, "CartPole-v1", low, high)
+    unsupported = compare(good, bad, held_out, reference, agent, "CartPole-v1", low, high,
+                          transition_probe=(1.0, good, bad))
     assert unsupported["guided"]["dynamics"]["supported"] is False
     assert "dims" in unsupported["guided"]["dynamics"]["reason"]
     assert unsupported["verdict"]["dynamics_no_worse"] is None
+    assert unsupported["verdict"]["transition_energy_helps"] is None
     json.dumps(unsupported, allow_nan=False)

@@ -1,8 +1,11 @@
 """`edis diagnose RUN_DIR`: guided vs unguided samples of a run's latest models (EDIS.md §3).
 
 Both batches come from the same prior; the guided one through the energies of the run's
-last refresh. They are compared on state alignment with the positive buffer, likelihood
-under the current policy, dynamics fidelity against the simulator and validity.
+last refresh. They are compared on state alignment with fresh episodes of the run's current
+policy (collected now, after the last refresh, so the energies never saw them), on how
+typical their actions are of that policy, on dynamics fidelity against the simulator and on
+validity; a third guided batch with the transition energy switched on (or off) shows what
+it does to the dynamics.
 """
 
 from __future__ import annotations
@@ -11,15 +14,21 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from edis_core.agents.base import Agent
 from edis_core.diagnostics import compare
-from edis_core.training.envs import ActionScaler
+from edis_core.generator import SyntheticGenerator
+from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.trainer import Trainer
 from edis_core.transitions import Transitions
 
+HELD_OUT_SEED = 30_000  # env seeds of the held-out episodes: seed + this, unlike any run's
 
-def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+
+def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0,
+                 held_out: int = 5_000, transition_weight: float = 1.0) -> dict[str, Any]:
     if samples < 1:
         raise ValueError(f"--samples must be >= 1 (guided and unguided samples each), got "
                          f"{samples}")
@@ -39,21 +48,79 @@ def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0) -> dict[st
         generator.train_energies(trainer.positive.contents(), trainer.replay.contents(),
                                  trainer.agent.sample_actions, generator.config.energy_steps)
         energies_from = "trained for this diagnosis"
-    guided = generator.generate(samples, guided=True)
-    unguided = generator.generate(samples, guided=False)
-    to_env = _to_env_units(trainer.scaler)
-    report = compare(to_env(guided), to_env(unguided), to_env(trainer.positive.contents()),
-                     to_env(trainer.offline), trainer.agent, trainer.env.spec.id,
-                     trainer.scaler.low, trainer.scaler.high, seed=seed)
+    report = diagnose_generator(trainer, generator, samples, seed, held_out, transition_weight)
     report["run"] = {"run_dir": str(run_dir), "steps": trainer.steps, "samples": samples,
                      "energies": energies_from, "dropped_nonfinite_rows": generator.dropped_rows}
     return report
 
 
-def _to_env_units(scaler: ActionScaler):
+def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples: int,
+                       seed: int, held_out: int, transition_weight: float) -> dict[str, Any]:
+    """`compare` on `generator`'s guided and unguided samples, in the run's env units.
+
+    The transition probe (when the generator has E_T) draws the guided batch again with the
+    same random numbers and w_T = `transition_weight` if the configured w_T is 0, else 0."""
+    episodes = collect_episodes(trainer.agent, trainer.env.spec.id, trainer.scaler,
+                                held_out, seed + HELD_OUT_SEED)
+    states = (generator.prior.generator.get_state(), generator.rng.get_state())
+    guided = generator.generate(samples, guided=True)
+    unguided = generator.generate(samples, guided=False)
+    probe = None
+    if "transition" in generator.energies:
+        configured = generator.config.w_transition or 0.0
+        other = transition_weight if configured == 0 else 0.0
+        generator.prior.generator.set_state(states[0])
+        generator.rng.set_state(states[1])
+        generator.config.w_transition = other
+        try:
+            again = generator.generate(samples, guided=True)
+        finally:
+            generator.config.w_transition = configured
+        with_energy, without = (again, guided) if configured == 0 else (guided, again)
+        probe = (max(configured, other), to_env(with_energy, trainer.scaler),
+                 to_env(without, trainer.scaler))
+    return compare(to_env(guided, trainer.scaler), to_env(unguided, trainer.scaler),
+                   to_env(episodes, trainer.scaler), to_env(trainer.offline, trainer.scaler),
+                   trainer.agent, trainer.env.spec.id, trainer.scaler.low, trainer.scaler.high,
+                   seed=seed, positives=to_env(trainer.positive.contents(), trainer.scaler),
+                   transition_probe=probe)
+
+
+def collect_episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,
+                     seed: int) -> Transitions:
+    """Whole episodes of `agent` acting as it does in training (exploration on), at least
+    `transitions` rows; actions in the agent's [-1, 1], as the buffers hold them."""
+    if transitions < 1:
+        raise ValueError(f"held-out transitions must be >= 1, got {transitions}")
+    env = make_env(env_id, seed)
+    episodes, rows = [], 0
+    try:
+        obs, _ = env.reset(seed=seed)
+        columns: dict[str, list] = {key: [] for key in "oarndt"}
+        while rows < transitions:
+            action = agent.act(obs[None].astype(np.float32), deterministic=False)[0]
+            next_obs, reward, terminated, truncated, _ = env.step(scaler.to_env(action))
+            for key, value in zip("oarndt", (obs, action, reward, next_obs, terminated,
+                                              truncated), strict=True):
+                columns[key].append(value)
+            obs = next_obs
+            if terminated or truncated:
+                episodes.append(_episode(columns))
+                rows += len(episodes[-1])
+                columns = {key: [] for key in columns}
+                obs, _ = env.reset()
+    finally:
+        env.close()
+    return Transitions.concatenate(episodes)
+
+
+def _episode(columns: dict[str, list]) -> Transitions:
+    f32 = {key: np.asarray(values, np.float32) for key, values in columns.items()}
+    n = len(f32["r"])
+    return Transitions(f32["o"], f32["a"], f32["r"], f32["n"], f32["d"], f32["t"],
+                       np.full(n, -np.inf, np.float32))
+
+
+def to_env(t: Transitions, scaler: ActionScaler) -> Transitions:
     """Buffers hold actions in the agents' [-1, 1]; the simulator and the report use env units."""
-
-    def convert(t: Transitions) -> Transitions:
-        return dataclasses.replace(t, actions=scaler.to_env(t.actions))
-
-    return convert
+    return dataclasses.replace(t, actions=scaler.to_env(t.actions))
