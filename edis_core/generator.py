@@ -95,7 +95,7 @@ class EDISConfig:
     # (rounded down); None: one level per group.
     energy_levels: int | None = 16
     negatives: int = 64  # K negatives per group, shared by the groups of a level
-    energy_steps: int = 1000  # suggested gradient steps per refresh (the caller passes steps)
+    energy_steps: int = 2000  # suggested gradient steps per refresh (the caller passes steps)
     # Rows of every contrastive set (samples per sampling pass). Small sets overfit: on the
     # Hopper demo, 1,024 rows and 2,000 steps doubled the guided next-state error (4,096: 1.1x).
     negative_trajectories: int = 4096

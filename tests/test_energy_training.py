@@ -152,3 +152,23 @@ def test_contrastive_sets_share_what_each_ratio_must_not_see():
     assert not torch.equal(transition_set.positives, transition_set.negatives)
     assert set(contrastive_sets(gen.prior, layout, ["transition"], buffer, real, policy, 50,
                                 gen.rng)) == {"transition"}
+
+
+def test_every_refresh_trains_fresh_energies():
+    """Training on A, then on B, gives the energy that training on B alone gives."""
+    generator = torch.Generator().manual_seed(0)
+    first, second = (ContrastiveSet(torch.randn(200, 2, generator=generator) + shift,
+                                    torch.randn(200, 2, generator=generator))
+                     for shift in (1.0, -1.0))
+    levels = torch.tensor([0.1, 1.0])
+    torch.manual_seed(0)
+    twice, once = EnergyNet(2, width=16), EnergyNet(2, width=16)
+    once.load_state_dict(twice.state_dict())
+    both = training(twice, groups=8, negatives=4, levels_per_step=2)
+    both.train({"e": first}, levels, steps=20)
+    alone = training(once, groups=8, negatives=4, levels_per_step=2)
+    alone.generator.set_state(both.generator.get_state())
+    both.train({"e": second}, levels, steps=20)
+    alone.train({"e": second}, levels, steps=20)
+    for p, q in zip(twice.parameters(), once.parameters(), strict=True):
+        assert torch.equal(p, q)

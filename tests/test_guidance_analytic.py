@@ -35,7 +35,6 @@ CASES = {
     ),
 }
 DEFAULT = EDISConfig()
-LEARNED_STEPS = 2000
 
 
 def default_sampler() -> DiffusionPrior:
@@ -94,14 +93,13 @@ def test_exact_energies_at_the_default_settings_realise_the_shift(case):
 @pytest.mark.parametrize("case", CASES)
 def test_energies_learned_by_infonce_realise_the_shift(case):
     """EnergyNet trained by EnergyTraining with the default settings (levels: the default
-    sampler's evaluation σ; groups, negatives, learning rate) for 2,000 steps (the paper
-    profile's; the mixture needs them) on 10,000 samples of p (negatives) and q
-    (positives): ≥ 0.8 of the change (means 0.93-1.04, covariances 0.85-1.20 over seeds
-    0-4)."""
+    sampler's evaluation σ; groups, negatives, learning rate, 2,000 steps) on 10,000 samples
+    of p (negatives) and q (positives): ≥ 0.8 of the change (means 0.93-1.04, covariances
+    0.85-1.20 over seeds 0-4)."""
     prior, target = CASES[case]
     levels = default_sampler().evaluation_sigmas().float()
     energy = learned_energy(
-        prior, target, levels, rows=10_000, steps=LEARNED_STEPS, seed=0,
+        prior, target, levels, rows=10_000, steps=DEFAULT.energy_steps, seed=0,
         lr=DEFAULT.energy_lr, groups=DEFAULT.energy_groups, negatives=DEFAULT.negatives,
         levels_per_step=DEFAULT.energy_levels)
     realised = shift(prior, target, energy)
@@ -132,7 +130,7 @@ def test_the_tilt_input_map_learns_the_energy_where_infonce_is_faint():
     errors = {}
     for input_map in ("tilt", "edm"):
         energy = learned_energy(
-            prior, target, levels, rows=10_000, steps=LEARNED_STEPS, seed=0,
+            prior, target, levels, rows=10_000, steps=DEFAULT.energy_steps, seed=0,
             input_map=input_map, lr=DEFAULT.energy_lr, groups=DEFAULT.energy_groups,
             negatives=DEFAULT.negatives, levels_per_step=DEFAULT.energy_levels)
         errors[input_map] = gradient_error(energy)
