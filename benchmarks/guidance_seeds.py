@@ -1,13 +1,20 @@
-"""Does guidance do what EDIS claims, on every seed? `edis diagnose` over several trained runs.
+"""Does guidance do what EDIS claims, on every seed and for both agents? `edis diagnose` over
+several trained runs, and the analytic toy.
 
-Trains the embedded run (profile `demo`: Hopper-v5 random data, IQL + EDIS) once per seed,
-or reuses a finished run in the same folder, then diagnoses each run's latest models: state
-MMD² to the positive buffer, mean log π(a|s), next-state and reward error against the
-simulator, for guided and unguided samples of the same prior, side by side.
+Trains the embedded run (profile `demo`: Hopper-v5 random data, EDIS) once per agent and seed,
+or reuses a finished run in the same folder, then diagnoses each run's latest models
+(edis_core/training/diagnose.py): state MMD² to fresh episodes of the current policy (held
+out: collected after the last refresh), the relative policy score log π(a|s) − E_{a'∼π}
+log π(a'|s), next-state and reward error against the simulator, for guided and unguided
+samples of the same prior, and the transition energy's effect (w_T > 0 against w_T = 0). Per
+seed it also reports the realised shift on the toy of EDIS.md's Theorem 3.1 in one dimension
+(p = N(0, 1), q = N(1, 1), the default sampler on p's exact denoiser), guided by the exact
+noised energy and by one that the default InfoNCE learned from 10,000 samples a side.
 
-    python benchmarks/guidance_seeds.py [--seeds 0 1 2] [--set edis.w_policy=1.0 ...]
+    python benchmarks/guidance_seeds.py [--agents iql calql] [--seeds 0 1 2] [--set k=v ...]
 
-About 5 minutes per seed on 2 CPU cores. Writes results/guidance_seeds.json (or --out).
+About 10 minutes per IQL seed and 30 per Cal-QL seed on 2 CPU cores, one thread each.
+Writes results/guidance_seeds.json (or --out).
 """
 
 from __future__ import annotations
@@ -20,27 +27,40 @@ from typing import Any
 
 import torch
 
+from edis_core.analytic import (
+    ExactEnergy,
+    GaussianMixture,
+    guided_samples,
+    learned_energy,
+    realised_shift,
+)
 from edis_core.config import build
+from edis_core.diffusion.prior import DiffusionPrior
+from edis_core.energy.guidance import EnergyTerm
+from edis_core.generator import EDISConfig, guidance_hook
 from edis_core.training.checkpoint import checkpoint_path
 from edis_core.training.config import TrainConfig
 from edis_core.training.diagnose import diagnose_run
 from edis_core.training.trainer import CONFIG_FILE, Trainer, read_run_config
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
-METRICS = (  # (column, path into a batch report, better when)
-    ("state MMD²", ("state_mmd_to_positive_buffer",), "lower"),
-    ("log π(a|s)", ("policy_log_likelihood",), "higher"),
-    ("s' norm. MSE", ("dynamics", "next_obs_normalised_mse"), "lower"),
-    ("r MSE", ("dynamics", "reward_mse"), "lower"),
-    ("r MSE, not terminated", ("dynamics", "reward_mse_not_terminated"), "lower"),
-    ("share terminated", ("dynamics", "terminated_fraction"), "closer to the positive buffer"),
+METRICS = (  # (column, path into the report, better when)
+    ("held-out state MMD²", ("{side}", "state_mmd_to_held_out"), "lower"),
+    ("relative policy score", ("{side}", "relative_policy_score"), "closer to 0"),
+    ("s' norm. MSE", ("{side}", "dynamics", "next_obs_normalised_mse"), "lower"),
+    ("r MSE", ("{side}", "dynamics", "reward_mse"), "lower"),
+    ("share terminated", ("{side}", "dynamics", "terminated_fraction"), "closer to d^π's"),
+)
+PROBE = (  # the transition energy: errors with w_T > 0 over errors with w_T = 0
+    ("E_T s' ratio", ("transition_probe", "ratio", "next_obs_normalised_mse")),
+    ("E_T r ratio", ("transition_probe", "ratio", "reward_mse")),
 )
 
 
-def train(run_dir: Path, seed: int, profile: str, overrides: list[str]) -> None:
+def train(run_dir: Path, agent: str, seed: int, profile: str, overrides: list[str]) -> None:
     """Train `run_dir` to completion: reuse it if finished, resume it if interrupted; refuse
     a folder whose run was trained with another configuration."""
-    fields = {"dataset": DEMO_DATASET, "seed": seed, "synthetic": "edis"}
+    fields = {"dataset": DEMO_DATASET, "seed": seed, "synthetic": "edis", "agent": agent}
     config = build(TrainConfig, profile, fields, overrides)
     if (run_dir / CONFIG_FILE).exists() and read_run_config(run_dir) != config:
         raise SystemExit(f"{run_dir} holds a run with another configuration than --profile "
@@ -57,9 +77,29 @@ def train(run_dir: Path, seed: int, profile: str, overrides: list[str]) -> None:
         raise SystemExit(f"{run_dir}: training was interrupted")
 
 
-def metric(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
+def toy_shift(seed: int) -> dict[str, float]:
+    """Share of the toy's mean shift realised with the exact and with a learned energy."""
+    prior = GaussianMixture.gaussian([0.0], [[1.0]])
+    target = GaussianMixture.gaussian([1.0], [[1.0]])
+    config = EDISConfig()
+    sampler = DiffusionPrior(1, config.diffusion)
+    learned = learned_energy(
+        prior, target, sampler.evaluation_sigmas().float(), rows=10_000,
+        steps=config.energy_steps, seed=seed, lr=config.energy_lr, groups=config.energy_groups,
+        negatives=config.negatives, levels_per_step=config.energy_levels)
+    unguided = guided_samples(prior, None, sampler.sigmas(), 20_000, seed)
+    shares = {}
+    for name, energy in (("exact", ExactEnergy(prior, target)), ("learned", learned)):
+        guidance = guidance_hook(config, [EnergyTerm(energy, slice(0, 1), 1.0)], 1)
+        guided = guided_samples(prior, guidance, sampler.sigmas(), 20_000, seed)
+        shares[name] = realised_shift(guided, unguided, prior, target).mean
+    return shares
+
+
+def metric(report: dict[str, Any], path: tuple[str, ...], side: str = "") -> float | None:
     """The value at `path`, or None where the diagnosis could not compute it."""
     for key in path:
+        key = key.format(side=side)
         if not isinstance(report, dict) or key not in report:
             return None
         report = report[key]
@@ -71,51 +111,69 @@ def cell(value: float | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = "| seed | " + " | ".join(f"{name} guided / unguided" for name, _, _ in METRICS)
-    print(header + " | verdict |")
-    print("|" + "---|" * (len(METRICS) + 2))
+    columns = [f"{name} guided / unguided" for name, _, _ in METRICS]
+    columns += [name for name, _ in PROBE] + ["toy shift exact / learned", "verdict"]
+    print("| agent | seed | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 2))
     for row in rows:
         cells = [f"{cell(row[name]['guided'])} / {cell(row[name]['unguided'])}"
                  for name, _, _ in METRICS]
-        verdict = ", ".join(key for key, value in row["verdict"].items() if value) or "none"
-        print(f"| {row['seed']} | " + " | ".join(cells) + f" | {verdict} |")
+        cells += [cell(row[name]) for name, _ in PROBE]
+        cells.append(f"{row['toy']['exact']:.3f} / {row['toy']['learned']:.3f}")
+        cells.append(", ".join(key for key, value in row["verdict"].items() if value) or "none")
+        print(f"| {row['agent']} | {row['seed']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", nargs="+", default=["iql", "calql"],
+                        choices=["iql", "calql"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run, e.g. edis.w_policy=1.0")
+                        help="config override for every run, e.g. edis.w_policy=0.2")
     parser.add_argument("--runs-root", type=Path, default=Path("runs/guidance"))
     parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--held-out", type=int, default=5_000,
+                        help="transitions of fresh episodes of the current policy")
+    parser.add_argument("--transition-weight", type=float, default=1.0,
+                        help="w_T of the transition probe when the run's w_T is 0")
     parser.add_argument("--out", type=Path, default=Path("results/guidance_seeds.json"))
     args = parser.parse_args()
 
     ensure_demo_dataset()
+    toys = {seed: toy_shift(seed) for seed in args.seeds}
     rows = []
-    for seed in args.seeds:
-        run_dir = args.runs_root / f"seed{seed}"
-        train(run_dir, seed, args.profile, args.set)
-        report = diagnose_run(run_dir, samples=args.samples, seed=seed)
-        row: dict[str, Any] = {"seed": seed, "run_dir": str(run_dir),
-                               "verdict": report["verdict"]}
-        for name, path, _ in METRICS:
-            row[name] = {side: metric(report[side], path) for side in ("guided", "unguided")}
-        rows.append(row)
+    for agent in args.agents:
+        for seed in args.seeds:
+            run_dir = args.runs_root / agent / f"seed{seed}"
+            train(run_dir, agent, seed, args.profile, args.set)
+            report = diagnose_run(run_dir, samples=args.samples, seed=seed,
+                                  held_out=args.held_out,
+                                  transition_weight=args.transition_weight)
+            row: dict[str, Any] = {"agent": agent, "seed": seed, "run_dir": str(run_dir),
+                                   "verdict": report["verdict"], "toy": toys[seed]}
+            for name, path, _ in METRICS:
+                row[name] = {side: metric(report, path, side)
+                             for side in ("guided", "unguided")}
+            for name, path in PROBE:
+                row[name] = metric(report, path)
+            row["report"] = report
+            rows.append(row)
     print_table(rows)
     verdicts = [row["verdict"] for row in rows]
     results = {
         "profile": args.profile, "overrides": args.set, "samples": args.samples,
+        "held_out": args.held_out, "transition_weight": args.transition_weight,
         "better_when": {name: better for name, _, better in METRICS},
-        "all_seeds": {key: all(v[key] for v in verdicts) for key in verdicts[0]},
+        "all_runs": {key: all(v[key] for v in verdicts) for key in verdicts[0]},
         "runs": rows,
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"all seeds: {results['all_seeds']}\nwritten to {args.out}")
+    print(f"all runs: {results['all_runs']}\nwritten to {args.out}")
 
 
 if __name__ == "__main__":

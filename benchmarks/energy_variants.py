@@ -1,0 +1,108 @@
+"""Which energy settings help? Retrain the energies of finished runs under variants and diagnose.
+
+For each run directory (e.g. the runs of benchmarks/guidance_seeds.py) and each variant (a set
+of `edis.` overrides of the run's own settings), a generator with the run's prior and fresh
+energies is trained on the run's own buffers and policy, as one refresh would, then
+diagnosed like `edis diagnose` (held-out state MMD², relative policy score, dynamics against
+the simulator, the transition probe). The agent and prior are the run's: only the energies
+differ, so variants compare like for like, about a minute each.
+
+    python benchmarks/energy_variants.py runs/guidance/iql/seed0 ... \\
+        --variant run= --variant own=energy_input=own --variant edm=energy_input_map=edm
+
+Writes results/energy_variants.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edis_core.config import from_dict, merge, nest, parse_override
+from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.training.diagnose import diagnose_generator
+from edis_core.training.trainer import Trainer
+
+COLUMNS = (
+    ("MMD² held out", ("{side}", "state_mmd_to_held_out")),
+    ("policy score", ("{side}", "relative_policy_score")),
+    ("s' MSE", ("{side}", "dynamics", "next_obs_normalised_mse")),
+    ("r MSE", ("{side}", "dynamics", "reward_mse")),
+    ("terminated", ("{side}", "dynamics", "terminated_fraction")),
+)
+
+
+def variant_config(run_config: EDISConfig, overrides: list[str]) -> EDISConfig:
+    """The run's own EDIS settings, then the variant's overrides (keys relative to `edis.`)."""
+    values = dataclasses.asdict(run_config)
+    for text in overrides:
+        keys, value = parse_override(text)
+        values = merge(values, nest(keys, value))
+    return from_dict(EDISConfig, values, "edis")
+
+
+def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int) -> dict:
+    trainer = Trainer.inspect(run_dir)
+    if trainer.supply is None or len(trainer.positive) == 0:
+        raise SystemExit(f"{run_dir}: needs a run with a prior and online episodes")
+    seed, prior = trainer.config.seed, trainer.supply.generator.prior
+    config = variant_config(trainer.supply.generator.config, overrides)
+    generator = SyntheticGenerator(trainer.offline.obs_dim, trainer.offline.act_dim, config,
+                                   seed=seed)
+    generator.prior.load_state_dict(prior.state_dict())
+    torch.manual_seed(seed)
+    online = trainer.replay.contents()
+    real = online.take(slice(max(0, len(online) - trainer.config.schedule.real_sample), None))
+    training = generator.train_energies(trainer.positive.contents(), real,
+                                        trainer.agent.sample_actions, config.energy_steps)
+    report = diagnose_generator(trainer, generator, samples, seed, held_out, 1.0)
+    report["training"] = training
+    return report
+
+
+def value(report: dict[str, Any], path: tuple[str, ...], side: str) -> float | None:
+    for key in path:
+        report = report.get(key.format(side=side)) if isinstance(report, dict) else None
+    return None if report is None else float(report)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V",
+                        help="a named set of edis overrides, comma-separated (empty: the run's)")
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--held-out", type=int, default=5_000)
+    parser.add_argument("--out", type=Path, default=Path("results/energy_variants.json"))
+    args = parser.parse_args()
+    variants = {}
+    for text in args.variant or ["run="]:
+        name, _, overrides = text.partition("=")
+        variants[name] = [item for item in overrides.split(",") if item]
+    rows = []
+    print("| run | variant | " + " | ".join(f"{c} guided / unguided" for c, _ in COLUMNS)
+          + " | E_T s' / r ratio |")
+    print("|" + "---|" * (len(COLUMNS) + 3))
+    for run_dir in args.runs:
+        for name, overrides in variants.items():
+            report = evaluate(run_dir, overrides, args.samples, args.held_out)
+            rows.append({"run": str(run_dir), "variant": name, "overrides": overrides,
+                         "report": report})
+            cells = [" / ".join(f"{value(report, path, side):.4g}"
+                                for side in ("guided", "unguided")) for _, path in COLUMNS]
+            ratio = (report.get("transition_probe") or {}).get("ratio") or {}
+            cells.append(" / ".join(f"{ratio[k]:.3g}" if ratio.get(k) is not None else "n/a"
+                                    for k in ("next_obs_normalised_mse", "reward_mse")))
+            print(f"| {run_dir} | {name} | " + " | ".join(cells) + " |", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"variants": variants, "rows": rows}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
