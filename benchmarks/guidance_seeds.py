@@ -14,6 +14,8 @@ noised energy and by one that the default InfoNCE learned from 10,000 samples a 
     python benchmarks/guidance_seeds.py [--agents iql calql] [--seeds 0 1 2] [--set k=v ...]
 
 About 10 minutes per IQL seed and 30 per Cal-QL seed on 2 CPU cores, one thread each.
+Finished runs and their diagnoses are reused, so the table can be made one core at a time:
+e.g. `--agents iql --seeds 0 1 2` beside `--agents calql --seeds 0 1`, then the full command.
 Writes results/guidance_seeds.json (or --out).
 """
 
@@ -51,6 +53,7 @@ METRICS = (  # (column, path into the report, better when)
     ("r MSE", ("{side}", "dynamics", "reward_mse"), "lower"),
     ("share terminated", ("{side}", "dynamics", "terminated_fraction"), "closer to d^π's"),
 )
+DIAGNOSIS_FILE = "guidance_seeds_diagnosis.json"
 PROBE = (  # the transition energy: errors with w_T > 0 over errors with w_T = 0
     ("E_T s' ratio", ("transition_probe", "ratio", "next_obs_normalised_mse")),
     ("E_T r ratio", ("transition_probe", "ratio", "reward_mse")),
@@ -75,6 +78,21 @@ def train(run_dir: Path, agent: str, seed: int, profile: str, overrides: list[st
         trainer = Trainer.create(config, run_dir)
     if trainer.run()["status"] != "completed":
         raise SystemExit(f"{run_dir}: training was interrupted")
+
+
+def diagnosis(run_dir: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`diagnose_run` of the finished run, kept in the run's folder so that a table split over
+    several invocations (e.g. one per core) is assembled without diagnosing again."""
+    settings = {"samples": args.samples, "held_out": args.held_out,
+                "transition_weight": args.transition_weight, "seed": seed}
+    cached = run_dir / DIAGNOSIS_FILE
+    if cached.exists():
+        saved = json.loads(cached.read_text())
+        if saved["settings"] == settings:
+            return saved["report"]
+    report = diagnose_run(run_dir, **settings)
+    cached.write_text(json.dumps({"settings": settings, "report": report}, indent=2))
+    return report
 
 
 def toy_shift(seed: int) -> dict[str, float]:
@@ -148,9 +166,7 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = args.runs_root / agent / f"seed{seed}"
             train(run_dir, agent, seed, args.profile, args.set)
-            report = diagnose_run(run_dir, samples=args.samples, seed=seed,
-                                  held_out=args.held_out,
-                                  transition_weight=args.transition_weight)
+            report = diagnosis(run_dir, seed, args)
             row: dict[str, Any] = {"agent": agent, "seed": seed, "run_dir": str(run_dir),
                                    "verdict": report["verdict"], "toy": toys[seed]}
             for name, path, _ in METRICS:
