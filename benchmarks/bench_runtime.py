@@ -12,15 +12,16 @@ with them. Also the same episodes recorded in one process without Ray
 (`LocalRollout.sample`), to separate the cost of recording from Ray's.
 
 Section "runs": the same offline-to-online run (IQL + EDIS on the embedded Hopper dataset,
-seed 0, profile `demo` or a shorter `--budget short`) under `edis train` and under
-`edis run`, one after the other, each in its own process: wall clock in all and per phase,
+seed 0, profile `demo`) under `edis train` and under `edis run`, one after the other, each
+in its own process (finished runs under --runs-root are reused: runtime_seeds.py makes the
+same two for seed 0, and records each run's wall clock): wall clock in all and per phase,
 edis run ÷ edis train; and the learner's agent updates per second in the online phase of
 `edis run` (updates ÷ the phase's wall clock, waits for data included) against the bare
 update benchmark (bench_agents.py, IQL, batch 256, the learner's 1 torch thread) timed just
 before.
 
     python benchmarks/bench_runtime.py [--seconds S] [--sections rollouts runs]
-                                       [--budget demo|short]
+                                       [--runs-root runs/runtime-seeds]
 
 Writes results/bench_runtime.json.
 """
@@ -31,9 +32,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,47 +191,29 @@ def print_rollouts(row: dict) -> None:
 
 WALL_CLOCK_GOAL = 1.0  # TARGETS.md: edis run ÷ edis train, demo budget
 LEARNER_FLOOR = 0.8  # TARGETS.md: updates/s inside the distributed run ÷ bare
-BUDGETS = {"demo": [], "short": ["edis.diffusion.train_steps=2000", "offline_steps=3000",
-                                 "online_steps=6000", "online_eval_every=3000"]}
-
-
-def timed_run(command: str, run_dir: Path, budget: str) -> dict:
-    """One run of `edis train` or `edis run` in its own process, from an empty folder."""
-    from services.cli import DEMO_DATASET
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    args = [sys.executable, "-m", "services.cli", command, "--profile", "demo", "--dataset",
-            DEMO_DATASET, "--synthetic", "edis", "--seed", "0", "--run-dir", str(run_dir)]
-    for override in BUDGETS[budget]:
-        args += ["--set", override]
-    start = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"wall_s": wall, "phase_s": summary["phase_seconds"], "steps": summary["steps"],
-            "return": summary["online_final"]["return_mean"],
-            "online_updates_per_s": _online_updates(run_dir) / summary["phase_seconds"]["online"]}
-
-
-def _online_updates(run_dir: Path) -> int:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return max(r.get("updates", 0) for r in records if r["kind"] == "train")
-
-
 def bench_runs(args: argparse.Namespace) -> dict:
     from bench_agents import updates_per_second
+    from runtime_seeds import online_updates_per_s, run_to_completion, wall_clock
 
     from services.cli import ensure_demo_dataset
 
     ensure_demo_dataset()
-    root = Path(args.out).parent / "runtime-runs"
-    runs = {command: timed_run(command, root / command, args.budget)
-            for command in ("train", "run")}
+    runs = {}
+    for command in ("train", "run"):
+        run_dir = args.runs_root / f"{command}-seed0"
+        summary = run_to_completion(command, run_dir, 0, [])
+        runs[command] = {"run_dir": str(run_dir), "wall_s": wall_clock(run_dir),
+                         "phase_s": summary["phase_seconds"], "steps": summary["steps"],
+                         "return": summary["online_final"]["return_mean"],
+                         "online_updates_per_s": online_updates_per_s(run_dir, summary)}
+    if None in (runs["train"]["wall_s"], runs["run"]["wall_s"]):
+        raise SystemExit(f"a run under {args.runs_root} was resumed, so its wall clock is "
+                         "unknown: delete it and run this section again")
     bare = updates_per_second("iql", 1, 256, warmup=20, seconds=args.seconds / 2, repeats=2,
                               device=torch.device("cpu"))
     train, run = runs["train"], runs["run"]
     return {
-        "budget": args.budget, "runs": runs, "bare_updates_per_s": max(bare),
+        "runs": runs, "bare_updates_per_s": max(bare),
         "wall_clock_run_over_train": run["wall_s"] / train["wall_s"],
         "online_phase_run_over_train": run["phase_s"]["online"] / train["phase_s"]["online"],
         "learner_updates_over_bare": run["online_updates_per_s"] / max(bare),
@@ -241,7 +221,7 @@ def bench_runs(args: argparse.Namespace) -> dict:
 
 
 def print_runs(row: dict) -> None:
-    print(f"runs: IQL + EDIS, embedded Hopper dataset, seed 0, budget {row['budget']}")
+    print("runs: IQL + EDIS, embedded Hopper dataset, seed 0, profile demo")
     header = (f"{'command':10} {'wall s':>7} {'prior s':>8} {'offline s':>10} {'online s':>9} "
               f"{'online steps':>13} {'updates/s online':>17} {'final return':>13}")
     print(header)
@@ -270,8 +250,9 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--steps-per-call", type=int, default=1000,
                         help="env steps per rollout sample call (then the episode finishes)")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="demo",
-                        help="section runs: the demo profile, or a shorter one")
+    parser.add_argument("--runs-root", type=Path, default=Path("runs/runtime-seeds"),
+                        help="section runs: where the seed-0 runs are made, or reused when "
+                             "finished (benchmarks/runtime_seeds.py shares them)")
     parser.add_argument("--out", default="results/bench_runtime.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
