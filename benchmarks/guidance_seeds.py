@@ -53,7 +53,7 @@ METRICS = (  # (column, path into the report, better when)
     ("r MSE", ("{side}", "dynamics", "reward_mse"), "lower"),
     ("share terminated", ("{side}", "dynamics", "terminated_fraction"), "closer to d^π's"),
 )
-DIAGNOSIS_FILE = "guidance_seeds_diagnosis.json"
+DIAGNOSIS_FILE = "diagnosis.json"
 PROBE = (  # the transition energy: errors with w_T > 0 over errors with w_T = 0
     ("E_T s' ratio", ("transition_probe", "ratio", "next_obs_normalised_mse")),
     ("E_T r ratio", ("transition_probe", "ratio", "reward_mse")),
@@ -80,11 +80,12 @@ def train(run_dir: Path, agent: str, seed: int, profile: str, overrides: list[st
         raise SystemExit(f"{run_dir}: training was interrupted")
 
 
-def diagnosis(run_dir: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def diagnosis(run_dir: Path, seed: int, samples: int = 10_000, held_out: int = 5_000,
+              transition_weight: float = 1.0) -> dict[str, Any]:
     """`diagnose_run` of the finished run, kept in the run's folder so that a table split over
     several invocations (e.g. one per core) is assembled without diagnosing again."""
-    settings = {"samples": args.samples, "held_out": args.held_out,
-                "transition_weight": args.transition_weight, "seed": seed}
+    settings = {"samples": samples, "held_out": held_out,
+                "transition_weight": transition_weight, "seed": seed}
     cached = run_dir / DIAGNOSIS_FILE
     if cached.exists():
         saved = json.loads(cached.read_text())
@@ -166,7 +167,8 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = args.runs_root / agent / f"seed{seed}"
             train(run_dir, agent, seed, args.profile, args.set)
-            report = diagnosis(run_dir, seed, args)
+            report = diagnosis(run_dir, seed, args.samples, args.held_out,
+                               args.transition_weight)
             row: dict[str, Any] = {"agent": agent, "seed": seed, "run_dir": str(run_dir),
                                    "verdict": report["verdict"], "toy": toys[seed]}
             for name, path, _ in METRICS:

@@ -1,7 +1,8 @@
 """Does the distributed runtime learn as well as the one-process loop? The embedded run
 (profile `demo`: IQL + EDIS on the Hopper-v5 random dataset) per seed under `edis train` and
 under `edis run`, each in its own process (finished runs in the same folder are reused), then
-`edis diagnose` of each: final returns and the diagnosis verdicts side by side.
+`edis diagnose` of each (kept in the run's folder): final returns and the diagnosis verdicts
+side by side.
 
     python benchmarks/runtime_seeds.py [--seeds 0 1 2] [--set key=value ...]
 
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edis_core.training.diagnose import diagnose_run
+from guidance_seeds import diagnosis
+
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
 COMMANDS = ("train", "run")
@@ -78,7 +80,7 @@ def row(command: str, seed: int, run_dir: Path, summary: dict, report: dict) -> 
 
 
 def cell(seconds: float | None) -> str:
-    return "n/a (resumed)" if seconds is None else f"{seconds:.0f}"
+    return "not recorded" if seconds is None else f"{seconds:.0f}"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -107,7 +109,7 @@ def main() -> None:
         for command in COMMANDS:
             run_dir = args.runs_root / f"{command}-seed{seed}"
             summary = run_to_completion(command, run_dir, seed, args.set)
-            report = diagnose_run(run_dir, samples=args.samples, seed=seed)
+            report = diagnosis(run_dir, seed, samples=args.samples)
             rows.append(row(command, seed, run_dir, summary, report))
     print_table(rows)
     for seed in args.seeds:
