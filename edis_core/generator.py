@@ -266,14 +266,16 @@ class SyntheticGenerator:
 
     # ----- online phase: the energies -------------------------------------------------------
     def train_energies(
-        self, positives: Transitions, real: Transitions, policy: Policy, steps: int
+        self, positives: Transitions, real: Transitions, policy: Policy, steps: int,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
         """`steps` InfoNCE steps for every enabled energy (EDIS.md §5, who is contrasted with
         whom: energy.training.contrastive_sets); returns the mean loss and accuracy of the
         last 50 steps per energy and this refresh's denoiser evaluations.
 
         positives: the positive buffer (recent trajectories, ≈ d^π); real: replay data (true
-        dynamics); policy: raw observations (B, obs_dim) -> raw actions a ~ π(·|s).
+        dynamics); policy: raw observations (B, obs_dim) -> raw actions a ~ π(·|s);
+        progress(step): called before each InfoNCE step (it may raise to stop).
         """
         self._require_prior()
         for name, data in (("positives", positives), ("real", real)):
@@ -291,7 +293,7 @@ class SyntheticGenerator:
         )
         evaluations = self.refresh_evaluations()
         self.denoiser_evaluations += evaluations
-        metrics = self.energy_training.train(sets, self.guidance_levels(), steps)
+        metrics = self.energy_training.train(sets, self.guidance_levels(), steps, progress)
         self.energies_trained = True
         return {"denoiser_evaluations": float(evaluations), **metrics}
 

@@ -191,3 +191,36 @@ def test_edis_run_stopped_by_sigterm_resumes_to_completion(hopper_dataset, tmp_p
     # The metrics read as one run: every collected episode once, none lost at the stop.
     assert sum(r["length"] for r in episodes) == summary["steps"]["online"]
     assert [r["step"] for r in episodes] == sorted(r["step"] for r in episodes)
+
+
+def test_a_background_refresh_is_cancelled_between_two_steps_and_changes_no_version():
+    """What `edis run` does with a refresh in progress when it stops: the thread ends within a
+    training step (a thread still inside torch at interpreter exit aborts the process), with
+    no result to publish and no error left to raise."""
+    from test_run_safety import rows, small_generator
+
+    from edis_core.buffers import PositiveBuffer, ReplayBuffer
+    from edis_core.training.config import SyntheticSchedule
+    from edis_core.training.synthetic import InProcessSupply, RefreshInputs
+    from edis_core.training.synthetic_table import SyntheticRateLimit, SyntheticTable
+    from services.learner.sampler_supply import BackgroundRefresh
+
+    generator = small_generator()
+    data = rows(256)
+    data.observations[:] = np.random.default_rng(0).normal(size=(256, 3))
+    generator.train_prior(data, steps=2)
+    schedule = SyntheticSchedule(samples_per_refresh=32, buffer_size=64,
+                                 prior_steps_per_refresh=10**7)  # hours, if not cancelled
+    supply = InProcessSupply(generator, schedule, guided=False,
+                             table=SyntheticTable(64, 3, 2, SyntheticRateLimit()))
+    replay = ReplayBuffer(512, 3, 2)
+    replay.add(data)
+    inputs = RefreshInputs.take(100, PositiveBuffer(10), replay, data, lambda s: s[:, :2],
+                                np.random.default_rng(0))
+    refresh = BackgroundRefresh(supply, inputs)
+    time.sleep(0.5)
+    assert not refresh.done()
+    start = time.monotonic()
+    refresh.cancel()
+    assert refresh.done() and time.monotonic() - start < 5
+    assert refresh.result is None and refresh.error is None

@@ -161,15 +161,18 @@ class EnergyTraining:
                 for name, net in self.nets.items()}
 
     def train(
-        self, sets: dict[str, ContrastiveSet], levels: torch.Tensor, steps: int
+        self, sets: dict[str, ContrastiveSet], levels: torch.Tensor, steps: int,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
         """`steps` InfoNCE steps per energy from fresh nets; mean loss and accuracy of the
-        last 50 steps."""
+        last 50 steps. `progress(step)` is called before each step (it may raise to stop)."""
         for name, net in self.nets.items():
             net.load_state_dict(self.initial[name])
         self.optimizers = self._fresh_optimizers()
         history: dict[str, list[tuple[float, float]]] = {name: [] for name in self.nets}
         for step in range(steps):
+            if progress is not None:
+                progress(step)
             lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / steps))
             for name, net in self.nets.items():
                 loss, accuracy = self.loss(net, sets[name], self.dims[name], levels)

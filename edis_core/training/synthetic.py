@@ -17,9 +17,10 @@ with NaN/inf) stops the run instead of silently adding nothing.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,10 @@ from edis_core.transitions import Transitions
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
 
+class RefreshCancelled(Exception):
+    """A refresh stopped through `RefreshInputs.cancel`; it changed no version."""
+
+
 @dataclass
 class RefreshInputs:
     """What one refresh trains on, taken from the learner at the step it became due."""
@@ -45,6 +50,8 @@ class RefreshInputs:
     offline: Transitions
     policy: Policy  # a ~ π(·|s), raw observations in, agent-unit actions out
     rng: np.random.Generator
+    # Set from another thread to stop a refresh between two training steps.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def take(cls, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
@@ -88,6 +95,11 @@ class SyntheticSupply:
         """Called once per pass of the online loop; returns metrics records to log."""
         raise NotImplementedError
 
+    def settle(self, env_step: int) -> list[dict[str, Any]]:
+        """The online phase has reached its budget: finish what is in progress, so that the
+        final checkpoint holds what `edis train` would hold (in process: nothing to do)."""
+        return []
+
     def close(self) -> None:
         """Stop whatever the supply runs besides the loop (nothing, in process)."""
 
@@ -101,16 +113,23 @@ class SyntheticSupply:
         and `inputs`; `advance_versions(stats)` then counts what it trained."""
         stats: dict[str, Any] = {"kind": "synthetic", "phase": "online",
                                  "step": inputs.env_step}
+
+        def unless_cancelled(*_: Any) -> None:
+            if inputs.cancel.is_set():
+                raise RefreshCancelled(f"refresh of step {inputs.env_step} cancelled")
+
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
                 _balanced(inputs.offline, inputs.online, inputs.rng),
-                self.schedule.prior_steps_per_refresh)
+                self.schedule.prior_steps_per_refresh, unless_cancelled)
             check_losses(stats, "online prior training")
         if self.guided:
             online = inputs.online
             real = online.take(slice(max(0, len(online) - self.schedule.real_sample), None))
+            unless_cancelled()
             energy_stats = self.generator.train_energies(
-                inputs.positives, real, inputs.policy, self.generator.config.energy_steps)
+                inputs.positives, real, inputs.policy, self.generator.config.energy_steps,
+                unless_cancelled)
             check_losses(energy_stats, "energy training")
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
         return stats

@@ -309,6 +309,9 @@ class Trainer:
                     self.last_losses = self._update_agent(self.mixer.sample_online(self.rng))
                     self.updates += 1
                 self._after_online_pass(before)
+        if self.supply is not None and not self._stopping:
+            for record in self.supply.settle(self.steps["online"]):
+                self.log.write(record)
 
     def record_episode(self, episode: Transitions, replay_rows: np.ndarray | None = None) -> None:
         """A finished episode: label it with its return-to-go (Cal-QL's reference), store it

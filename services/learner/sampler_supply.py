@@ -30,6 +30,7 @@ from edis_core.generator import SyntheticGenerator
 from edis_core.training.config import RuntimeConfig, SyntheticSchedule
 from edis_core.training.synthetic import (
     Policy,
+    RefreshCancelled,
     RefreshInputs,
     SyntheticSupply,
     clip_actions,
@@ -42,26 +43,38 @@ from services.sampler.weights import ENERGY_PREFIX, PRIOR, model_names
 
 
 class BackgroundRefresh:
-    """One `train_models` call in a daemon thread; its result (or error) is picked up by
-    the loop once done."""
+    """One `train_models` call in a thread; its result (or error) is picked up by the loop
+    once done. It must not outlive the process's last Python code: a thread still inside
+    torch when the interpreter finalises aborts the process, so `cancel` stops it between
+    two training steps and waits for it."""
 
     def __init__(self, supply: SyntheticSupply, inputs: RefreshInputs):
         self.step = inputs.env_step
         self.started = time.perf_counter()
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
+        self._cancel = inputs.cancel
         self._thread = threading.Thread(target=self._run, args=(supply, inputs),
-                                        name="energy-refresh", daemon=True)
+                                        name="energy-refresh")
         self._thread.start()
 
     def _run(self, supply: SyntheticSupply, inputs: RefreshInputs) -> None:
         try:
             self.result = supply.train_models(inputs)
+        except RefreshCancelled:
+            pass
         except BaseException as err:  # handed to the loop's thread, which raises it
             self.error = err
 
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._thread.join()
 
 
 
@@ -118,10 +131,21 @@ class SamplerSupply(SyntheticSupply):
         resumes with that refresh still to do."""
         return self._snapshot if self._snapshot is not None else self.generator.state_dict()
 
+    def settle(self, env_step: int) -> list[dict[str, Any]]:
+        """Wait for a refresh in progress and publish it, as `edis train` finishes one due at
+        the last step: the final checkpoint (and `edis diagnose`) holds its energies."""
+        if self.refresh is None:
+            return []
+        self.refresh.wait()
+        return [self._finish_refresh(env_step)]
+
     def close(self) -> None:
-        """Stop reading the stream. A refresh still training is abandoned (its thread is a
-        daemon): the checkpoint holds the generator from before it, and a resumed run does
-        it again."""
+        """Stop reading the stream. A refresh still training is cancelled (between two of its
+        steps): the checkpoint holds the generator from before it, and a resumed run does it
+        again."""
+        if self.refresh is not None:
+            self.refresh.cancel()
+            self.refresh = None
         if self.reader is not None:
             self.reader.close()
         self.client.close()
