@@ -21,11 +21,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edis_core.config import from_dict, merge, nest, parse_override
 from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.training.diagnose import diagnose_generator
+from edis_core.training.synthetic import balanced_prior_rows
 from edis_core.training.trainer import Trainer
 
 COLUMNS = (
@@ -46,7 +48,8 @@ def variant_config(run_config: EDISConfig, overrides: list[str]) -> EDISConfig:
     return from_dict(EDISConfig, values, "edis")
 
 
-def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int) -> dict:
+def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
+             prior_steps: int = 0) -> dict:
     trainer = Trainer.inspect(run_dir)
     if trainer.supply is None or len(trainer.positive) == 0:
         raise SystemExit(f"{run_dir}: needs a run with a prior and online episodes")
@@ -57,6 +60,11 @@ def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int) -
     generator.prior.load_state_dict(prior.state_dict())
     torch.manual_seed(seed)
     online = trainer.replay.contents()
+    if prior_steps:
+        # As a refresh with prior_steps_per_refresh = prior_steps would: warm-started, on all
+        # online rows and as many offline rows.
+        rows = balanced_prior_rows(trainer.offline, online, np.random.default_rng(seed))
+        generator.train_prior(rows, prior_steps)
     real = online.take(slice(max(0, len(online) - trainer.config.schedule.real_sample), None))
     training = generator.train_energies(trainer.positive.contents(), real,
                                         trainer.agent.sample_actions, config.energy_steps)
@@ -76,6 +84,9 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V",
                         help="a named set of edis overrides, comma-separated (empty: the run's)")
+    parser.add_argument("--prior-steps", type=int, default=0,
+                        help="continue the run's prior this many steps on its online rows and "
+                             "as many offline rows before the energies are trained")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--held-out", type=int, default=5_000)
     parser.add_argument("--out", type=Path, default=Path("results/energy_variants.json"))
@@ -90,9 +101,10 @@ def main() -> None:
     print("|" + "---|" * (len(COLUMNS) + 3))
     for run_dir in args.runs:
         for name, overrides in variants.items():
-            report = evaluate(run_dir, overrides, args.samples, args.held_out)
+            report = evaluate(run_dir, overrides, args.samples, args.held_out,
+                              args.prior_steps)
             rows.append({"run": str(run_dir), "variant": name, "overrides": overrides,
-                         "report": report})
+                         "prior_steps": args.prior_steps, "report": report})
             cells = [" / ".join(f"{value(report, path, side):.4g}"
                                 for side in ("guided", "unguided")) for _, path in COLUMNS]
             ratio = (report.get("transition_probe") or {}).get("ratio") or {}

@@ -57,7 +57,13 @@ DIAGNOSIS_FILE = "diagnosis.json"
 PROBE = (  # the transition energy: errors with w_T > 0 over errors with w_T = 0
     ("E_T s' ratio", ("transition_probe", "ratio", "next_obs_normalised_mse")),
     ("E_T r ratio", ("transition_probe", "ratio", "reward_mse")),
+    # the prior's own (r, s', done) at the held-out (s, a): the dynamics reference
+    ("prior at d^π: s' norm. MSE", ("prior_at_policy_states", "dynamics",
+                                    "next_obs_normalised_mse")),
+    ("prior at d^π: r MSE", ("prior_at_policy_states", "dynamics", "reward_mse")),
 )
+# Bumped when the diagnosis report gains content, so that cached diagnoses are redone.
+REPORT_VERSION = 2
 
 
 def train(run_dir: Path, agent: str, seed: int, profile: str, overrides: list[str]) -> None:
@@ -85,13 +91,14 @@ def diagnosis(run_dir: Path, seed: int, samples: int = 10_000, held_out: int = 5
     """`diagnose_run` of the finished run, kept in the run's folder so that a table split over
     several invocations (e.g. one per core) is assembled without diagnosing again."""
     settings = {"samples": samples, "held_out": held_out,
-                "transition_weight": transition_weight, "seed": seed}
+                "transition_weight": transition_weight, "seed": seed,
+                "report_version": REPORT_VERSION}
     cached = run_dir / DIAGNOSIS_FILE
     if cached.exists():
         saved = json.loads(cached.read_text())
         if saved["settings"] == settings:
             return saved["report"]
-    report = diagnose_run(run_dir, **settings)
+    report = diagnose_run(run_dir, samples, seed, held_out, transition_weight)
     cached.write_text(json.dumps({"settings": settings, "report": report}, indent=2))
     return report
 
@@ -184,7 +191,7 @@ def main() -> None:
         "profile": args.profile, "overrides": args.set, "samples": args.samples,
         "held_out": args.held_out, "transition_weight": args.transition_weight,
         "better_when": {name: better for name, _, better in METRICS},
-        "all_runs": {key: all(v[key] for v in verdicts) for key in verdicts[0]},
+        "all_runs": {key: all(v.get(key) for v in verdicts) for key in verdicts[0]},
         "runs": rows,
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},

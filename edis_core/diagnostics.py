@@ -385,7 +385,8 @@ def compare(guided: Transitions, unguided: Transitions, held_out: Transitions,
             reference: Transitions, agent: Agent, env_id: str | None,
             action_low: np.ndarray, action_high: np.ndarray, max_samples: int = 10_000,
             seed: int = 0, positives: Transitions | None = None,
-            transition_probe: tuple[float, Transitions, Transitions] | None = None) -> dict:
+            transition_probe: tuple[float, Transitions, Transitions] | None = None,
+            prior_at_policy_states: Transitions | None = None) -> dict:
     """JSON-ready report on a guided and an unguided batch, with a verdict.
 
     `held_out`: episodes of the current policy that the energies never saw (≈ d^π); both
@@ -401,7 +402,13 @@ def compare(guided: Transitions, unguided: Transitions, held_out: Transitions,
       dynamics_no_worse: guided normalised next-state MSE and reward MSE each at most
         DYNAMICS_TOLERANCE (1.1) times the unguided ones;
       transition_energy_helps: w_T > 0 gives at least 10% lower next-state or reward MSE
-        than w_T = 0, and neither more than DYNAMICS_TOLERANCE times higher.
+        than w_T = 0, and neither more than DYNAMICS_TOLERANCE times higher;
+      dynamics_as_prior_at_policy_states: guided next-state and reward MSE each at most
+        DYNAMICS_TOLERANCE times those of `prior_at_policy_states` (optional: the prior's
+        own (r, s', done) completed at the held-out (s, a)). Unguided samples sit at the
+        offline data's states, where dynamics may be easier to model; this compares guided
+        samples with what the prior does at the policy's states, i.e. whether guidance itself
+        costs dynamics accuracy.
     """
     scale = reference.next_observations.astype(np.float64).std(0)
 
@@ -426,6 +433,13 @@ def compare(guided: Transitions, unguided: Transitions, held_out: Transitions,
         "dynamics_no_worse": dynamics_no_worse,
         "transition_energy_helps": None,
     }
+    if prior_at_policy_states is not None:
+        reference_dynamics = _dynamics(env_id, prior_at_policy_states, max_samples, seed, scale)
+        report["prior_at_policy_states"] = {"dynamics": reference_dynamics}
+        if g["dynamics"]["supported"] and reference_dynamics["supported"]:
+            report["verdict"]["dynamics_as_prior_at_policy_states"] = all(
+                g["dynamics"][key] <= DYNAMICS_TOLERANCE * reference_dynamics[key]
+                for key in _DYNAMICS_KEYS)
     if transition_probe is not None:
         report["transition_probe"] = _transition_probe(
             *transition_probe, env_id=env_id, max_samples=max_samples, seed=seed, scale=scale)

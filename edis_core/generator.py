@@ -345,6 +345,20 @@ class SyntheticGenerator:
         array = np.concatenate(parts) if parts else np.zeros((0, self.layout.dim), np.float32)
         return self.layout.to_transitions(array)
 
+    def complete(self, given: Transitions) -> Transitions:
+        """(r, s', done) from the prior's learned conditional at the rows' own (s, a), in raw
+        units (given actions in the agents' [-1, 1]): what any sampler with this prior makes
+        at those (s, a). Theorem 3.1's target keeps exactly this conditional, so it is the
+        reference of the dynamics diagnostic."""
+        self._require_prior()
+        x = self.prior.normalizer.normalize(
+            torch.as_tensor(self.layout.to_array(given), device=self.device))
+        mask = self.layout.mask("state_action", device=self.device)
+        parts = [self.prior.normalizer.unnormalize(
+                     self.prior.sample(len(chunk), inpaint=Inpaint(chunk, mask)).x).cpu().numpy()
+                 for chunk in x.split(self.config.generate_batch)]
+        return self.layout.to_transitions(np.concatenate(parts))
+
     def _sample_guided(self, m: int) -> torch.Tensor:
         """Normalised samples of the guided sampler: D̃ = D_θ − σ² Σ_k w_k ∇E_k,σ at every
         level inside the guidance interval. With energies at their optimum, w_s = w_π = 1

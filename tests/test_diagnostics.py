@@ -323,6 +323,16 @@ def test_compare_report_and_verdict():
     probe = report["transition_probe"]
     assert probe["w_transition"] == 1.0 and probe["ratio"]["next_obs_normalised_mse"] < 1e-3
 
+    # Against a reference batch (in a diagnosis: the prior's own completion at the policy's
+    # states): exact rows are no worse than perturbed ones, perturbed ones worse than exact.
+    referenced = compare(good, good, held_out, reference, agent, "Hopper-v5", low, high,
+                         max_samples=200, prior_at_policy_states=bad)
+    assert referenced["prior_at_policy_states"]["dynamics"]["next_obs_normalised_mse"] > 1e-3
+    assert referenced["verdict"]["dynamics_as_prior_at_policy_states"] is True
+    worse = compare(bad, bad, held_out, reference, agent, "Hopper-v5", low, high,
+                    max_samples=200, prior_at_policy_states=good)
+    assert worse["verdict"]["dynamics_as_prior_at_policy_states"] is False
+
     swapped = compare(bad, good, held_out, reference, agent, "Hopper-v5", low, high,
                       max_samples=200, transition_probe=(1.0, bad, good))
     assert "state_mmd_to_positive_buffer" not in swapped["guided"]

@@ -135,6 +135,19 @@ def test_generated_transitions_are_raw_finite_and_thresholded():
         assert np.isfinite(out.observations).all()
 
 
+def test_complete_keeps_the_given_state_and_action_and_samples_the_rest():
+    gen = trained()
+    given = dataset(64, seed=5)
+    completed = gen.complete(given)
+    assert len(completed) == 64
+    np.testing.assert_allclose(completed.observations, given.observations, rtol=1e-5)
+    np.testing.assert_allclose(completed.actions, given.actions, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(completed.next_observations).all()
+    # the prior's s' (it learned s' ≈ s), not the given one
+    assert not np.allclose(completed.next_observations, given.next_observations)
+    assert np.abs(completed.next_observations - given.observations).mean() < 5.0
+
+
 def test_nonfinite_rows_are_dropped_and_counted(monkeypatch):
     gen = trained()
     sample = gen.prior.sample

@@ -56,7 +56,8 @@ def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0,
 
 def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples: int,
                        seed: int, held_out: int, transition_weight: float) -> dict[str, Any]:
-    """`compare` on `generator`'s guided and unguided samples, in the run's env units.
+    """`compare` on `generator`'s guided and unguided samples, in the run's env units; the
+    prior's own (r, s', done) at the held-out (s, a) are the dynamics reference.
 
     The transition probe (when the generator has E_T) draws the guided batch again with the
     same random numbers and w_T = `transition_weight` if the configured w_T is 0, else 0."""
@@ -79,11 +80,13 @@ def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples:
         with_energy, without = (again, guided) if configured == 0 else (guided, again)
         probe = (max(configured, other), to_env(with_energy, trainer.scaler),
                  to_env(without, trainer.scaler))
+    prior_at_policy = generator.complete(episodes)
     return compare(to_env(guided, trainer.scaler), to_env(unguided, trainer.scaler),
                    to_env(episodes, trainer.scaler), to_env(trainer.offline, trainer.scaler),
                    trainer.agent, trainer.env.spec.id, trainer.scaler.low, trainer.scaler.high,
                    seed=seed, positives=to_env(trainer.positive.contents(), trainer.scaler),
-                   transition_probe=probe)
+                   transition_probe=probe,
+                   prior_at_policy_states=to_env(prior_at_policy, trainer.scaler))
 
 
 def collect_episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,

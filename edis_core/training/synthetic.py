@@ -120,7 +120,7 @@ class SyntheticSupply:
 
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
-                _balanced(inputs.offline, inputs.online, inputs.rng),
+                balanced_prior_rows(inputs.offline, inputs.online, inputs.rng),
                 self.schedule.prior_steps_per_refresh, unless_cancelled)
             check_losses(stats, "online prior training")
         if self.guided:
@@ -194,8 +194,8 @@ def clip_actions(samples: Transitions) -> Transitions:
     return dataclasses.replace(samples, actions=np.clip(samples.actions, -1.0, 1.0))
 
 
-def _balanced(offline: Transitions, online: Transitions,
-              rng: np.random.Generator) -> Transitions:
+def balanced_prior_rows(offline: Transitions, online: Transitions,
+                        rng: np.random.Generator) -> Transitions:
     """All online rows and as many offline rows (EDIS.md §2, optional online prior training).
 
     Guided samples sit where the policy goes, off the offline data's support; there the
