@@ -21,7 +21,8 @@ class SyntheticSchedule:
     `edis.diffusion.train_steps` and `edis.energy_steps`."""
 
     ratio: float = 0.5
-    """ρ: fraction of every online agent batch drawn from generated transitions."""
+    """ρ: fraction of every online agent batch drawn from generated transitions; they replace
+    offline rows, so ρ is at most `offline_ratio` (training/mixing.py)."""
     refresh_every: int = 2_000
     """Online env steps between refreshes (energies retrained, new samples generated)."""
     samples_per_refresh: int = 10_000
@@ -100,7 +101,8 @@ class TrainConfig:
     utd_ratio: int = 1
     """Agent updates per online environment step."""
     offline_ratio: float = 0.5
-    """Fraction of the real part of an online batch drawn from the offline dataset."""
+    """Fraction of every online batch that is prior data: offline rows, or the synthetic rows
+    that replace them (`schedule.ratio`); the rest is online replay in every mode."""
     replay_capacity: int = 1_000_000
     positive_capacity: int = 5_000
     """Positive buffer size in transitions: the most recent whole trajectories."""
@@ -135,6 +137,10 @@ class TrainConfig:
                              "the training loop: its Monte-Carlo returns use raw rewards")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
+        if self.synthetic != "none" and self.schedule.ratio > self.offline_ratio:
+            raise ValueError(f"schedule.ratio ({self.schedule.ratio}) must not exceed "
+                             f"offline_ratio ({self.offline_ratio}): synthetic rows replace "
+                             "offline rows, the online share is the same in every mode")
 
     @property
     def agent_config(self) -> IQLConfig | CalQLConfig:
