@@ -8,6 +8,7 @@ from typing import Literal
 from edis_core.agents.calql import CalQLConfig
 from edis_core.agents.iql import IQLConfig
 from edis_core.generator import EDISConfig
+from edis_core.training.normalization import Normalization
 from edis_core.training.synthetic_table import SyntheticRateLimit
 
 SyntheticMode = Literal["none", "unguided", "edis"]
@@ -100,6 +101,10 @@ class TrainConfig:
     batch_size: int = 256
     utd_ratio: int = 1
     """Agent updates per online environment step."""
+    normalization: Normalization = "corl"
+    """"corl": observations standardised with the offline data's statistics for both agents,
+    IQL's rewards scaled by 1000 / (episode return range) (training/normalization.py);
+    "none": raw inputs."""
     offline_ratio: float = 0.5
     """Fraction of every online batch that is prior data: offline rows, or the synthetic rows
     that replace them (`schedule.ratio`); the rest is online replay in every mode."""

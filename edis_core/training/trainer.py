@@ -42,6 +42,7 @@ from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
+from edis_core.training.normalization import normalize_agent
 from edis_core.training.online import LocalEnvSource, OnlineSource
 from edis_core.training.run_dir import RunDirLock, check_fresh_start
 from edis_core.training.run_log import (
@@ -147,6 +148,7 @@ class Trainer:
         obs_dim, act_dim = self.offline.obs_dim, self.offline.act_dim
 
         self.agent = make_agent(config.agent, config.agent_config, obs_dim, act_dim, self.device)
+        normalize_agent(self.agent, self.dataset, config.agent, config.normalization)
         self.replay = ReplayBuffer(config.replay_capacity, obs_dim, act_dim)
         self.positive = PositiveBuffer(config.positive_capacity)
         self.synthetic = SyntheticTable(config.schedule.buffer_size, obs_dim, act_dim,
