@@ -97,6 +97,11 @@ class TrainConfig:
     torch_threads: int = 0
     """0 keeps torch's default."""
     offline_steps: int = 10_000
+    offline_from: str | None = None
+    """A run directory whose offline phase is finished (e.g. one run with online_steps=0):
+    this run takes its pre-trained agent instead of pre-training, so that several runs share
+    one offline checkpoint. Its agent, agent config, dataset, normalisation and offline_steps
+    must be this run's."""
     online_steps: int = 10_000
     batch_size: int = 256
     utd_ratio: int = 1

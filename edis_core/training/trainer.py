@@ -187,6 +187,8 @@ class Trainer:
         are known to work; the folder must be missing, empty or a run without checkpoint."""
         check_fresh_start(run_dir)
         trainer = cls(config, run_dir, runtime)
+        if config.offline_from is not None:
+            trainer._offline_source_state(Path(config.offline_from))  # fail before any work
         trainer.lock = RunDirLock.for_fresh_run(
             run_dir, replaced=(CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE))
         try:
@@ -281,6 +283,8 @@ class Trainer:
 
     def _run_offline(self) -> None:
         total = self.config.offline_steps
+        if self.config.offline_from is not None and self.steps["offline"] < total:
+            self._take_offline_agent(Path(self.config.offline_from))
         with self._progress("offline pre-training", "offline", total) as bar:
             while self.steps["offline"] < total and not self._stopping:
                 self.steps["offline"] += 1
@@ -290,6 +294,35 @@ class Trainer:
         if not self._stopping:
             self.agent.start_online()
             self.phase = "online"
+
+    def _take_offline_agent(self, source: Path) -> None:
+        """The agent of `source`'s finished offline phase, and its last offline evaluation."""
+        state = self._offline_source_state(source)
+        self.agent.load_state_dict(state["agent"])
+        self.steps["offline"] = self.config.offline_steps
+        records = MetricsLog(source).records()
+        last = next((r for r in reversed(records)
+                     if r["kind"] == "eval" and r["phase"] == "offline"), None)
+        if last is not None:
+            self.log.write({**last, "offline_from": str(source)})
+
+    def _offline_source_state(self, source: Path) -> dict[str, Any]:
+        """`source`'s checkpoint state, once its settings and progress are known to fit."""
+        theirs, ours = read_run_config(source), self.config
+        fields = ("agent", "dataset", "normalization", "offline_steps", "batch_size")
+        differ = [f for f in fields if getattr(theirs, f) != getattr(ours, f)]
+        differ += ["agent config"] if theirs.agent_config != ours.agent_config else []
+        if differ:
+            raise checkpoint.CheckpointError(f"offline_from={source}: its {', '.join(differ)} "
+                                             "differ from this run's; use a run made with the "
+                                             "same settings")
+        state, progress, _ = checkpoint.load(source)
+        if progress["steps"]["offline"] < ours.offline_steps:
+            raise checkpoint.CheckpointError(
+                f"offline_from={source}: its offline phase stopped at step "
+                f"{progress['steps']['offline']} of {ours.offline_steps}; finish it first "
+                f"(`edis train --resume {source}`)")
+        return state
 
     def _run_online(self) -> None:
         """Collect, keep the synthetic table supplied, then do the agent updates the new
