@@ -164,6 +164,9 @@ class Trainer:
         self.updates = 0  # agent updates of the online phase: utd_ratio per env step
         self._rate_clock: tuple[float, int] | None = None
         self.phase_seconds: dict[str, float] = {}  # wall clock of each phase, this process
+        self.phase_cpu_seconds: dict[str, float] = {}  # CPU time of this process per phase
+        # Where the online phase's wall clock goes (this process): the cost per env step.
+        self.online_seconds = dict.fromkeys(("collect", "synthetic", "agent_updates"), 0.0)
         self.last_losses: dict[str, float] = {}
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
@@ -251,9 +254,10 @@ class Trainer:
         for phase, run in (("prior", self._run_prior), ("offline", self._run_offline),
                            ("online", self._run_online)):
             if self.phase == phase and not self._stopping:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 run()
                 self.phase_seconds[phase] = time.perf_counter() - start
+                self.phase_cpu_seconds[phase] = time.process_time() - cpu_start
         if not self._stopping:
             self.phase = "done"
 
@@ -336,17 +340,26 @@ class Trainer:
         with self._progress("online fine-tuning", "online", total) as bar:
             while self.steps["online"] < total and not self._stopping:
                 before = self.steps["online"]
+                clock = time.perf_counter()
                 self.online.collect(self, wait=before * utd <= self.updates)
                 bar.update(self.steps["online"] - before)
+                clock = self._charge("collect", clock)
                 self._maintain_synthetic()
+                clock = self._charge("synthetic", clock)
                 owed = self.steps["online"] * utd - self.updates
                 for _ in range(min(owed, MAX_UPDATES_PER_PASS)):
                     self.last_losses = self._update_agent(self.mixer.sample_online(self.rng))
                     self.updates += 1
+                self._charge("agent_updates", clock)
                 self._after_online_pass(before)
         if self.supply is not None and not self._stopping:
             for record in self.supply.settle(self.steps["online"]):
                 self.log.write(record)
+
+    def _charge(self, part: str, since: float) -> float:
+        now = time.perf_counter()
+        self.online_seconds[part] += now - since
+        return now
 
     def record_episode(self, episode: Transitions, replay_rows: np.ndarray | None = None) -> None:
         """A finished episode: label it with its return-to-go (Cal-QL's reference), store it
@@ -539,6 +552,8 @@ class Trainer:
             "online_final": next((r for r in reversed(evals) if r["phase"] == "online"), None),
             "run_dir": str(self.run_dir),
             "phase_seconds": self.phase_seconds,
+            "phase_cpu_seconds": self.phase_cpu_seconds,
+            "online_seconds": self.online_seconds,
         }
         write_summary(self.run_dir, summary)
         plot_learning_curve(self.run_dir, records,
