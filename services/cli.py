@@ -50,13 +50,33 @@ def _one_line(err: BaseException | Warning | str) -> str:
 
 def cmd_data_make(args: argparse.Namespace) -> int:
     from edis_core.data.minari_io import make_dataset
+    from edis_core.data.recipes import DEFAULT_STEPS, make_recipe_dataset
 
+    if args.recipe is not None:
+        if args.dataset_id is not None or args.policy != "random":
+            raise ValueError("--recipe names its dataset (edis/<family>-<recipe>-v0) and its "
+                             "policy; drop --dataset-id and --policy")
+        _print_json(make_recipe_dataset(args.env, args.recipe, args.steps or DEFAULT_STEPS,
+                                        seed=args.seed, overwrite=args.overwrite))
+        return 0
+    if args.dataset_id is None or args.steps is None:
+        raise ValueError("give --steps and --dataset-id, or a --recipe")
     policy = None
     if args.policy != "random":
         policy = _checkpoint_policy(Path(args.policy), args.env)
     info = make_dataset(args.env, policy, steps=args.steps, dataset_id=args.dataset_id,
                         seed=args.seed, policy_name=args.policy, overwrite=args.overwrite)
     _print_json(info)
+    return 0
+
+
+def cmd_data_behaviour(args: argparse.Namespace) -> int:
+    import torch
+
+    from edis_core.data.recipes import train_and_save_behaviour
+
+    torch.set_num_threads(args.threads)
+    _print_json(train_and_save_behaviour(args.env, seed=args.seed, max_steps=args.max_steps))
     return 0
 
 
@@ -220,13 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True)
     make = data.add_parser("make", help="write a Minari dataset by running a policy locally")
     make.add_argument("--env", required=True, help="gymnasium id, e.g. Hopper-v5")
+    make.add_argument("--recipe", choices=["random", "medium", "medium-replay"],
+                      help="a D4RL-style dataset edis/<family>-<recipe>-v0 "
+                           "(edis_core/data/recipes.py)")
     make.add_argument("--policy", default="random",
                       help="'random' or a run directory whose checkpoint acts")
-    make.add_argument("--steps", type=int, required=True)
-    make.add_argument("--dataset-id", required=True, help="e.g. hopper/random-v0")
+    make.add_argument("--steps", type=int, help="required without --recipe (default 100,000 "
+                                                 "with random and medium)")
+    make.add_argument("--dataset-id", help="e.g. hopper/random-v0 (without --recipe)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--overwrite", action="store_true")
     make.set_defaults(func=cmd_data_make)
+    behaviour = data.add_parser(
+        "behaviour", help="train the medium behaviour policy (SAC to ~1/3 of expert return), "
+                          "save its weights and write the medium-replay dataset")
+    behaviour.add_argument("--env", required=True)
+    behaviour.add_argument("--seed", type=int, default=0)
+    behaviour.add_argument("--max-steps", type=int, default=300_000)
+    behaviour.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    behaviour.set_defaults(func=cmd_data_behaviour)
     info = data.add_parser("info", help="print a local dataset's facts as JSON")
     info.add_argument("dataset_id")
     info.set_defaults(func=cmd_data_info)

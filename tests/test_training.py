@@ -174,3 +174,24 @@ def test_a_torn_metrics_line_does_not_block_resume(hopper_dataset, tmp_path):
     assert summary["status"] == "completed"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)
+
+
+def test_runs_share_one_offline_checkpoint_through_offline_from(hopper_dataset, tmp_path):
+    source = tmp_path / "offline"
+    offline = Trainer.create(tiny_config(hopper_dataset, "calql", extra=["online_steps=0"]),
+                             source).run()["offline_final"]
+    for mode in ("none", "unguided"):
+        run_dir = tmp_path / mode
+        summary = Trainer.create(tiny_config(hopper_dataset, "calql", mode,
+                                             [f"offline_from={source}"]), run_dir).run()
+        assert summary["status"] == "completed" and summary["steps"]["offline"] == 40
+        # The source's agent, not a fresh pre-training: no offline update ran here, and the
+        # offline evaluation is the source's.
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text()
+                   .splitlines()]
+        assert not [r for r in records if r["kind"] == "train" and r["phase"] == "offline"]
+        assert summary["offline_final"]["return_mean"] == offline["return_mean"]
+        assert summary["offline_final"]["offline_from"] == str(source)
+    with pytest.raises(CheckpointError, match="offline_steps differ"):
+        Trainer.create(tiny_config(hopper_dataset, "calql", extra=[
+            f"offline_from={source}", "offline_steps=41"]), tmp_path / "other")

@@ -35,6 +35,13 @@ class Agent(Protocol):
         """Called once between the offline and the online phase."""
         ...
 
+    def set_normalization(self, obs_mean: torch.Tensor, obs_std: torch.Tensor,
+                          reward_scale: float) -> None:
+        """Standardise observations inside every network (so every copy of the policy acts on
+        raw observations) and multiply rewards by `reward_scale` inside the update; both are
+        part of `state_dict`."""
+        ...
+
     def state_dict(self) -> dict[str, Any]:
         """Networks, target networks, optimisers and counters: tensors and plain values only."""
         ...

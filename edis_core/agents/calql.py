@@ -30,7 +30,13 @@ from typing import Any
 import torch
 
 from edis_core.agents.base import ActorPolicy
-from edis_core.agents.networks import QEnsemble, TanhGaussianActor, adam, polyak_update
+from edis_core.agents.networks import (
+    QEnsemble,
+    TanhGaussianActor,
+    adam,
+    polyak_update,
+    set_observation_statistics,
+)
 from edis_core.transitions import Batch
 
 
@@ -221,6 +227,14 @@ class CalQLAgent(ActorPolicy):
     def start_online(self) -> None:
         """Switch to the online conservative weight and calibration setting."""
         self.online = True
+
+    def set_normalization(self, obs_mean: torch.Tensor, obs_std: torch.Tensor,
+                          reward_scale: float) -> None:
+        if reward_scale != 1.0:
+            raise ValueError("Cal-QL keeps raw rewards: its Monte-Carlo floor V^μ is computed "
+                             f"from the data's raw rewards (got reward_scale={reward_scale})")
+        set_observation_statistics([self.critic, self.critic_target, self.actor],
+                                   obs_mean, obs_std)
 
     def state_dict(self) -> dict[str, Any]:
         return {"critic": self.critic.state_dict(),

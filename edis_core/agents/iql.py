@@ -18,7 +18,14 @@ from typing import Any
 import torch
 
 from edis_core.agents.base import ActorPolicy
-from edis_core.agents.networks import GaussianActor, QEnsemble, ValueNet, adam, polyak_update
+from edis_core.agents.networks import (
+    GaussianActor,
+    QEnsemble,
+    ValueNet,
+    adam,
+    polyak_update,
+    set_observation_statistics,
+)
 from edis_core.transitions import Batch
 
 
@@ -93,6 +100,7 @@ class IQLAgent(ActorPolicy):
             {"params": self.actor.parameters(), "lr": config.actor_lr},
         ], self.device)
         self.steps = 0
+        self.reward_scale = 1.0
 
     def _actor_lr(self) -> float:
         decay = self.config.actor_lr_decay_steps
@@ -107,7 +115,8 @@ class IQLAgent(ActorPolicy):
         with torch.no_grad():
             target_q = self.critic_target(obs, actions).min(0).values
             next_v = self.value(batch.next_observations)
-            td_target = batch.rewards + cfg.gamma * (1.0 - batch.terminals) * next_v
+            rewards = self.reward_scale * batch.rewards
+            td_target = rewards + cfg.gamma * (1.0 - batch.terminals) * next_v
 
         v = self.value(obs)
         advantage = target_q - v
@@ -135,13 +144,20 @@ class IQLAgent(ActorPolicy):
     def start_online(self) -> None:
         """IQL fine-tunes online with its offline objective unchanged."""
 
+    def set_normalization(self, obs_mean: torch.Tensor, obs_std: torch.Tensor,
+                          reward_scale: float) -> None:
+        set_observation_statistics([self.critic, self.critic_target, self.value, self.actor],
+                                   obs_mean, obs_std)
+        self.reward_scale = float(reward_scale)
+
     def state_dict(self) -> dict[str, Any]:
         return {"critic": self.critic.state_dict(),
                 "critic_target": self.critic_target.state_dict(),
                 "value": self.value.state_dict(),
                 "actor": self.actor.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "steps": self.steps}
+                "steps": self.steps,
+                "reward_scale": self.reward_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critic.load_state_dict(state["critic"])
@@ -150,3 +166,4 @@ class IQLAgent(ActorPolicy):
         self.actor.load_state_dict(state["actor"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
+        self.reward_scale = float(state["reward_scale"])

@@ -179,11 +179,40 @@ class StackedMLP(nn.Module):
         return result
 
 
+class ObservationScaler(nn.Module):
+    """s ↦ (s − μ) / σ with the offline dataset's statistics, kept as buffers so that every
+    copy of a network (targets, checkpoints, rollout actors) normalises the same way; the
+    identity until `set` is called."""
+
+    def __init__(self, obs_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def set(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.std.copy_(std)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return (observations - self.mean) / self.std
+
+
+def set_observation_statistics(networks: Sequence[nn.Module], mean: torch.Tensor,
+                               std: torch.Tensor) -> None:
+    """Give every ObservationScaler inside `networks` the same statistics."""
+    for network in networks:
+        for module in network.modules():
+            if isinstance(module, ObservationScaler):
+                module.set(mean, std)
+
+
 class QEnsemble(nn.Module):
     """E critics Q_1..Q_E(s, a), evaluated together: returns (E, *leading dims of the actions)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], members: int = 2) -> None:
         super().__init__()
+        self.obs_scaler = ObservationScaler(obs_dim)
         self.net = StackedMLP(obs_dim + act_dim, hidden, 1, members)
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor,
@@ -193,6 +222,7 @@ class QEnsemble(nn.Module):
         `frozen=True` lets gradients reach the inputs but not the critics' weights (the
         actor's loss differentiates Q(s, π(s)) with respect to the action only).
         """
+        observations = self.obs_scaler(observations)
         observations = observations.expand(*actions.shape[:-1], observations.shape[-1])
         return self.net(torch.cat([observations, actions], dim=-1), frozen).squeeze(-1)
 
@@ -202,10 +232,11 @@ class ValueNet(nn.Module):
 
     def __init__(self, obs_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
+        self.obs_scaler = ObservationScaler(obs_dim)
         self.net = mlp(obs_dim, hidden, 1)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.net(observations).squeeze(-1)
+        return self.net(self.obs_scaler(observations)).squeeze(-1)
 
 
 def gaussian_log_prob(noise: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -218,12 +249,14 @@ class GaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
+        self.obs_scaler = ObservationScaler(obs_dim)
         self.net = mlp(obs_dim, hidden, act_dim)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (B, A) and log σ (A,)."""
-        return torch.tanh(self.net(observations)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        mean = torch.tanh(self.net(self.obs_scaler(observations)))
+        return mean, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         mean, log_std = self(observations)
@@ -247,11 +280,12 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
+        self.obs_scaler = ObservationScaler(obs_dim)
         self.net = mlp(obs_dim, hidden, 2 * act_dim)
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ, each (B, A)."""
-        mean, log_std = self.net(observations).chunk(2, dim=-1)
+        mean, log_std = self.net(self.obs_scaler(observations)).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     @staticmethod

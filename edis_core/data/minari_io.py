@@ -7,6 +7,7 @@ are supported, which covers the MuJoCo locomotion tasks EDIS is evaluated on.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import warnings
@@ -117,25 +118,19 @@ def check_compatible(dataset: OfflineDataset, env: gym.Env) -> None:
 
 def make_dataset(env_id: str, policy: Policy | None, steps: int, dataset_id: str, seed: int = 0,
                  policy_name: str = "random", progress: bool = True,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Collect `steps` transitions of `policy` in `env_id` and write them as a Minari dataset.
 
     policy None draws uniform random actions from the action space; otherwise it maps one
     observation (obs_dim,) to one action in the env's units (clipped to the bounds before it
     is executed and stored). Episode k is reset with a seed drawn from `seed` and recorded in
     the episode metadata; the last episode is cut at the step budget and marked truncated.
+    `recipe` (how the data was made) is stored in the metadata as JSON under "edis_recipe".
     Returns `dataset_info` plus the collection and write times.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    _check_id(dataset_id)
-    path = get_dataset_path(dataset_id)
-    if path.exists() and not overwrite:
-        raise DatasetError(f"Dataset {dataset_id} already exists at {path}. Choose another "
-                           "--dataset-id, or pass overwrite=True (--overwrite) to replace it.")
-    if path.exists() and not path.joinpath("data").is_dir():
-        raise DatasetError(f"{path} exists but is not a Minari dataset (no data/ folder); "
-                           "refusing to replace it. Choose another --dataset-id.")
+    _writable_path(dataset_id, overwrite)
     try:
         env = gym.make(env_id)
     except gym.error.Error as e:
@@ -146,14 +141,13 @@ def make_dataset(env_id: str, policy: Policy | None, steps: int, dataset_id: str
         start = time.perf_counter()
         episodes = _collect(env, policy, steps, seed, progress, desc=f"{env_id} {policy_name}")
         collected = time.perf_counter()
-        if path.exists():
-            shutil.rmtree(path)
-        _write(dataset_id, env, episodes, progress,
-               algorithm_name=f"edis data make, policy={policy_name}",
-               description=(f"{steps} transitions of {env_id} collected locally by `edis data "
-                            f"make` with policy={policy_name}, seed={seed}. Each episode is reset "
-                            "with the seed in its metadata; the last episode is cut at the step "
-                            "budget and marked truncated."))
+        write_episodes(dataset_id, env, episodes, progress,
+                       algorithm_name=f"edis data make, policy={policy_name}",
+                       description=(f"{steps} transitions of {env_id} collected locally by `edis "
+                                    f"data make` with policy={policy_name}, seed={seed}. Each "
+                                    "episode is reset with the seed in its metadata; the last "
+                                    "episode is cut at the step budget and marked truncated."),
+                       recipe=recipe)
         written = time.perf_counter()
     finally:
         env.close()
@@ -187,10 +181,25 @@ def dataset_info(dataset_id: str) -> dict[str, Any]:
         "terminals": int(t.terminals.sum()),
         "timeouts": int(t.timeouts.sum()),
         "algorithm_name": metadata.get("algorithm_name"),
+        "recipe": json.loads(metadata["edis_recipe"]) if "edis_recipe" in metadata else None,
         "data_format": metadata.get("data_format"),
         "size_mb": metadata.get("dataset_size"),
         "path": str(get_dataset_path(dataset_id)),
     }
+
+
+def _writable_path(dataset_id: str, overwrite: bool) -> Path:
+    """Where a new dataset goes; refuses an existing one unless `overwrite`, and anything that
+    is not a Minari dataset."""
+    _check_id(dataset_id)
+    path = get_dataset_path(dataset_id)
+    if path.exists() and not overwrite:
+        raise DatasetError(f"Dataset {dataset_id} already exists at {path}. Choose another "
+                           "--dataset-id, or pass overwrite=True (--overwrite) to replace it.")
+    if path.exists() and not path.joinpath("data").is_dir():
+        raise DatasetError(f"{path} exists but is not a Minari dataset (no data/ folder); "
+                           "refusing to replace it. Choose another --dataset-id.")
+    return path
 
 
 def _check_id(dataset_id: str) -> None:
@@ -360,10 +369,14 @@ def _collect(env: gym.Env, policy: Policy | None, steps: int, seed: int, progres
     return episodes
 
 
-def _write(dataset_id: str, env: gym.Env, episodes: list[EpisodeBuffer], progress: bool,
-           algorithm_name: str, description: str) -> None:
-    """A standard arrow-format Minari dataset (no DataCollector: it needs jax)."""
-    path = get_dataset_path(dataset_id)
+def write_episodes(dataset_id: str, env: gym.Env, episodes: list[EpisodeBuffer],
+                   progress: bool, algorithm_name: str, description: str,
+                   recipe: dict[str, Any] | None = None, overwrite: bool = True) -> None:
+    """A standard arrow-format Minari dataset (no DataCollector: it needs jax), replacing any
+    dataset of that id when `overwrite`."""
+    path = _writable_path(dataset_id, overwrite)
+    if path.exists():
+        shutil.rmtree(path)
     try:
         with warnings.catch_warnings():
             # We have no code permalink or e-mail to record; minari warns about each.
@@ -383,6 +396,8 @@ def _write(dataset_id: str, env: gym.Env, episodes: list[EpisodeBuffer], progres
         finally:
             del storage.get_size
         storage.update_metadata({"dataset_size": storage.get_size()})
+        if recipe is not None:
+            storage.update_metadata({"edis_recipe": json.dumps(recipe, sort_keys=True)})
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ from typing import Literal
 from edis_core.agents.calql import CalQLConfig
 from edis_core.agents.iql import IQLConfig
 from edis_core.generator import EDISConfig
+from edis_core.training.normalization import Normalization
 from edis_core.training.synthetic_table import SyntheticRateLimit
 
 SyntheticMode = Literal["none", "unguided", "edis"]
@@ -21,7 +22,8 @@ class SyntheticSchedule:
     `edis.diffusion.train_steps` and `edis.energy_steps`."""
 
     ratio: float = 0.5
-    """ρ: fraction of every online agent batch drawn from generated transitions."""
+    """ρ: fraction of every online agent batch drawn from generated transitions; they replace
+    offline rows, so ρ is at most `offline_ratio` (training/mixing.py)."""
     refresh_every: int = 2_000
     """Online env steps between refreshes (energies retrained, new samples generated)."""
     samples_per_refresh: int = 10_000
@@ -95,12 +97,22 @@ class TrainConfig:
     torch_threads: int = 0
     """0 keeps torch's default."""
     offline_steps: int = 10_000
+    offline_from: str | None = None
+    """A run directory whose offline phase is finished (e.g. one run with online_steps=0):
+    this run takes its pre-trained agent instead of pre-training, so that several runs share
+    one offline checkpoint. Its agent, agent config, dataset, normalisation and offline_steps
+    must be this run's."""
     online_steps: int = 10_000
     batch_size: int = 256
     utd_ratio: int = 1
     """Agent updates per online environment step."""
+    normalization: Normalization = "corl"
+    """"corl": observations standardised with the offline data's statistics for both agents,
+    IQL's rewards scaled by 1000 / (episode return range) (training/normalization.py);
+    "none": raw inputs."""
     offline_ratio: float = 0.5
-    """Fraction of the real part of an online batch drawn from the offline dataset."""
+    """Fraction of every online batch that is prior data: offline rows, or the synthetic rows
+    that replace them (`schedule.ratio`); the rest is online replay in every mode."""
     replay_capacity: int = 1_000_000
     positive_capacity: int = 5_000
     """Positive buffer size in transitions: the most recent whole trajectories."""
@@ -135,6 +147,10 @@ class TrainConfig:
                              "the training loop: its Monte-Carlo returns use raw rewards")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
+        if self.synthetic != "none" and self.schedule.ratio > self.offline_ratio:
+            raise ValueError(f"schedule.ratio ({self.schedule.ratio}) must not exceed "
+                             f"offline_ratio ({self.offline_ratio}): synthetic rows replace "
+                             "offline rows, the online share is the same in every mode")
 
     @property
     def agent_config(self) -> IQLConfig | CalQLConfig:

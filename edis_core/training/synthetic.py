@@ -118,12 +118,15 @@ class SyntheticSupply:
             if inputs.cancel.is_set():
                 raise RefreshCancelled(f"refresh of step {inputs.env_step} cancelled")
 
+        start = time.perf_counter()
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
                 balanced_prior_rows(inputs.offline, inputs.online, inputs.rng),
                 self.schedule.prior_steps_per_refresh, unless_cancelled)
             check_losses(stats, "online prior training")
+            stats["prior_seconds"] = time.perf_counter() - start
         if self.guided:
+            start = time.perf_counter()
             online = inputs.online
             real = online.take(slice(max(0, len(online) - self.schedule.real_sample), None))
             unless_cancelled()
@@ -132,6 +135,7 @@ class SyntheticSupply:
                 unless_cancelled)
             check_losses(energy_stats, "energy training")
             stats.update({f"energy/{k}": v for k, v in energy_stats.items()})
+            stats["energy_seconds"] = time.perf_counter() - start
         return stats
 
     def advance_versions(self, stats: dict[str, Any]) -> list[str]:
@@ -176,7 +180,9 @@ class InProcessSupply(SyntheticSupply):
                                                      policy, rng))
         self.advance_versions(stats)
         dropped_before = self.generator.dropped_rows
+        generation_start = time.perf_counter()
         samples = self.generator.generate(self.schedule.samples_per_refresh, guided=self.guided)
+        generation_seconds = time.perf_counter() - generation_start
         dropped = self.generator.dropped_rows - dropped_before
         if len(samples) == 0:
             raise NonFiniteError(f"synthetic refresh: all {dropped} generated rows were "
@@ -184,6 +190,7 @@ class InProcessSupply(SyntheticSupply):
         self.table.insert(clip_actions(samples), self.model_version)
         self.last_refresh = env_step
         stats.update(generated=len(samples), dropped_nonfinite=dropped, buffer=len(self.table),
+                     generation_seconds=generation_seconds,
                      refresh_seconds=time.perf_counter() - start)
         return [stats]
 

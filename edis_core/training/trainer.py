@@ -42,6 +42,7 @@ from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
+from edis_core.training.normalization import normalize_agent
 from edis_core.training.online import LocalEnvSource, OnlineSource
 from edis_core.training.run_dir import RunDirLock, check_fresh_start
 from edis_core.training.run_log import (
@@ -147,6 +148,7 @@ class Trainer:
         obs_dim, act_dim = self.offline.obs_dim, self.offline.act_dim
 
         self.agent = make_agent(config.agent, config.agent_config, obs_dim, act_dim, self.device)
+        normalize_agent(self.agent, self.dataset, config.agent, config.normalization)
         self.replay = ReplayBuffer(config.replay_capacity, obs_dim, act_dim)
         self.positive = PositiveBuffer(config.positive_capacity)
         self.synthetic = SyntheticTable(config.schedule.buffer_size, obs_dim, act_dim,
@@ -162,6 +164,9 @@ class Trainer:
         self.updates = 0  # agent updates of the online phase: utd_ratio per env step
         self._rate_clock: tuple[float, int] | None = None
         self.phase_seconds: dict[str, float] = {}  # wall clock of each phase, this process
+        self.phase_cpu_seconds: dict[str, float] = {}  # CPU time of this process per phase
+        # Where the online phase's wall clock goes (this process): the cost per env step.
+        self.online_seconds = dict.fromkeys(("collect", "synthetic", "agent_updates"), 0.0)
         self.last_losses: dict[str, float] = {}
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
@@ -185,6 +190,8 @@ class Trainer:
         are known to work; the folder must be missing, empty or a run without checkpoint."""
         check_fresh_start(run_dir)
         trainer = cls(config, run_dir, runtime)
+        if config.offline_from is not None:
+            trainer._offline_source_state(Path(config.offline_from))  # fail before any work
         trainer.lock = RunDirLock.for_fresh_run(
             run_dir, replaced=(CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE))
         try:
@@ -247,9 +254,10 @@ class Trainer:
         for phase, run in (("prior", self._run_prior), ("offline", self._run_offline),
                            ("online", self._run_online)):
             if self.phase == phase and not self._stopping:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 run()
                 self.phase_seconds[phase] = time.perf_counter() - start
+                self.phase_cpu_seconds[phase] = time.process_time() - cpu_start
         if not self._stopping:
             self.phase = "done"
 
@@ -279,6 +287,8 @@ class Trainer:
 
     def _run_offline(self) -> None:
         total = self.config.offline_steps
+        if self.config.offline_from is not None and self.steps["offline"] < total:
+            self._take_offline_agent(Path(self.config.offline_from))
         with self._progress("offline pre-training", "offline", total) as bar:
             while self.steps["offline"] < total and not self._stopping:
                 self.steps["offline"] += 1
@@ -288,6 +298,35 @@ class Trainer:
         if not self._stopping:
             self.agent.start_online()
             self.phase = "online"
+
+    def _take_offline_agent(self, source: Path) -> None:
+        """The agent of `source`'s finished offline phase, and its last offline evaluation."""
+        state = self._offline_source_state(source)
+        self.agent.load_state_dict(state["agent"])
+        self.steps["offline"] = self.config.offline_steps
+        records = MetricsLog(source).records()
+        last = next((r for r in reversed(records)
+                     if r["kind"] == "eval" and r["phase"] == "offline"), None)
+        if last is not None:
+            self.log.write({**last, "offline_from": str(source)})
+
+    def _offline_source_state(self, source: Path) -> dict[str, Any]:
+        """`source`'s checkpoint state, once its settings and progress are known to fit."""
+        theirs, ours = read_run_config(source), self.config
+        fields = ("agent", "dataset", "normalization", "offline_steps", "batch_size")
+        differ = [f for f in fields if getattr(theirs, f) != getattr(ours, f)]
+        differ += ["agent config"] if theirs.agent_config != ours.agent_config else []
+        if differ:
+            raise checkpoint.CheckpointError(f"offline_from={source}: its {', '.join(differ)} "
+                                             "differ from this run's; use a run made with the "
+                                             "same settings")
+        state, progress, _ = checkpoint.load(source)
+        if progress["steps"]["offline"] < ours.offline_steps:
+            raise checkpoint.CheckpointError(
+                f"offline_from={source}: its offline phase stopped at step "
+                f"{progress['steps']['offline']} of {ours.offline_steps}; finish it first "
+                f"(`edis train --resume {source}`)")
+        return state
 
     def _run_online(self) -> None:
         """Collect, keep the synthetic table supplied, then do the agent updates the new
@@ -301,17 +340,26 @@ class Trainer:
         with self._progress("online fine-tuning", "online", total) as bar:
             while self.steps["online"] < total and not self._stopping:
                 before = self.steps["online"]
+                clock = time.perf_counter()
                 self.online.collect(self, wait=before * utd <= self.updates)
                 bar.update(self.steps["online"] - before)
+                clock = self._charge("collect", clock)
                 self._maintain_synthetic()
+                clock = self._charge("synthetic", clock)
                 owed = self.steps["online"] * utd - self.updates
                 for _ in range(min(owed, MAX_UPDATES_PER_PASS)):
                     self.last_losses = self._update_agent(self.mixer.sample_online(self.rng))
                     self.updates += 1
+                self._charge("agent_updates", clock)
                 self._after_online_pass(before)
         if self.supply is not None and not self._stopping:
             for record in self.supply.settle(self.steps["online"]):
                 self.log.write(record)
+
+    def _charge(self, part: str, since: float) -> float:
+        now = time.perf_counter()
+        self.online_seconds[part] += now - since
+        return now
 
     def record_episode(self, episode: Transitions, replay_rows: np.ndarray | None = None) -> None:
         """A finished episode: label it with its return-to-go (Cal-QL's reference), store it
@@ -504,6 +552,8 @@ class Trainer:
             "online_final": next((r for r in reversed(evals) if r["phase"] == "online"), None),
             "run_dir": str(self.run_dir),
             "phase_seconds": self.phase_seconds,
+            "phase_cpu_seconds": self.phase_cpu_seconds,
+            "online_seconds": self.online_seconds,
         }
         write_summary(self.run_dir, summary)
         plot_learning_curve(self.run_dir, records,

@@ -82,7 +82,7 @@ class JoinedNode:
     session and gets SIGTERM when this process dies, however it dies."""
 
     def __init__(self, address: str, log: Path, timeout: float = 180.0):
-        from services.sampler.process import _die_with_parent
+        from services.sampler.process import die_with_parent
 
         command = [executable("ray"), "start", f"--address={address}", "--num-cpus=0",
                    "--block", "--disable-usage-stats",
@@ -90,7 +90,7 @@ class JoinedNode:
         with log.open("ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, process_group=0,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while not node_started(log):
             if self.proc.poll() is not None or time.monotonic() > deadline:

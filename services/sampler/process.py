@@ -16,7 +16,7 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGTERM it when the process that started it dies, even by
     SIGKILL or os._exit, so that a sampler is never left behind (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -36,7 +36,7 @@ class SamplerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self._log = log.open("a") if log is not None else None
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, env=env, preexec_fn=_die_with_parent)
+                                     text=True, env=env, preexec_fn=die_with_parent)
         ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
         line = self.proc.stdout.readline() if ready else ""
         match = re.search(r"listening on (\S+:\d+)", line)

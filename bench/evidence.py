@@ -1,0 +1,115 @@
+"""`python -m bench.evidence`: does EDIS beat its base agents here, like for like, and at what
+cost? Runs the plan of bench/plan.py (resumable: finished runs are reused, interrupted ones
+resumed), then writes docs/results.md and its plots (bench/report.py).
+
+    python -m bench.evidence                       # the whole table, ~6 h on 2 cores
+    python -m bench.evidence --report-only         # the report from the runs finished so far
+    python -m bench.evidence --profile paper --device cuda --jobs 1   # paper scale, a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.plan import Grid, RunSpec, plan
+from bench.report import load_runs, sweep_choice, write_report
+from bench.runner import Runner
+from edis_core.config import build
+from edis_core.data.minari_io import DatasetError, dataset_info
+from edis_core.data.recipes import make_recipe_dataset
+from edis_core.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_datasets(datasets: list[str]) -> None:
+    """Make each missing `edis/<family>-<recipe>-v0` dataset from its recipe (never fetch)."""
+    for dataset_id in datasets:
+        try:
+            dataset_info(dataset_id)
+            continue
+        except DatasetError:
+            pass
+        family, _, recipe = dataset_id.removeprefix("edis/").rsplit("-v", 1)[0].partition("-")
+        env_id = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}.get(family)
+        if env_id is None:
+            raise DatasetError(f"{dataset_id} is missing and is not one the bench can make "
+                               "(edis/hopper-... or edis/walker2d-...)")
+        print(f"bench: making {dataset_id}", flush=True)
+        make_recipe_dataset(env_id, recipe)
+
+
+def chooser(specs: list[RunSpec], root: Path) -> Callable[[], tuple[float, float] | None]:
+    """The sweep's choice once it is made (read from the sweep's runs until then)."""
+    sweep = [s for s in specs if s.group == "sweep"]
+    made: list[tuple[float, float]] = []
+
+    def choose() -> tuple[float, float] | None:
+        if not made and (choice := sweep_choice(sweep, load_runs(root, sweep))) is not None:
+            made.append(choice)
+        return made[0] if made else None
+
+    return choose
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = Grid()
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", nargs="+", default=list(defaults.agents),
+                        choices=["iql", "calql"])
+    parser.add_argument("--datasets", nargs="+", default=list(defaults.datasets))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
+    parser.add_argument("--tuning-seeds", nargs="+", type=int,
+                        default=list(defaults.tuning_seeds))
+    parser.add_argument("--rhos", nargs="+", type=float, default=list(defaults.rhos))
+    parser.add_argument("--scales", nargs="+", type=float, default=list(defaults.scales))
+    parser.add_argument("--stages", nargs="+", default=list(defaults.stages),
+                        choices=["sweep", "table", "ablation"])
+    parser.add_argument("--profile", default="bench")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run")
+    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if set(args.seeds) & set(args.tuning_seeds):
+        parser.error("--tuning-seeds must not be reported seeds (--seeds)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    grid = Grid(agents=args.agents, datasets=args.datasets, seeds=args.seeds,
+                tuning_seeds=args.tuning_seeds, rhos=args.rhos, scales=args.scales,
+                stages=args.stages)
+    specs = plan(grid)
+    budget = build(TrainConfig, args.profile, {}, args.set)   # validates the profile first
+    if not args.report_only:
+        ensure_datasets(args.datasets)
+        runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
+                        choose=chooser(specs, args.runs_root))
+        outcome = runner.run(specs)
+        print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
+                                    for s in sorted(set(outcome.values()))), flush=True)
+    runs = load_runs(args.runs_root, specs)
+    command = "python -m bench.evidence " + shlex.join(argv if argv is not None
+                                                       else sys.argv[1:])
+    report = write_report(specs, runs, args.out, command.strip(), {
+        "profile": args.profile, "offline_steps": budget.offline_steps,
+        "online_steps": budget.online_steps, "online_eval_every": budget.online_eval_every,
+        "eval_episodes": budget.eval_episodes})
+    print(f"bench: report {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Runs the plan: each run an `edis train` child process, `jobs` at a time, resumable.
+
+A run whose summary says "completed" is reused as it is; one with a checkpoint is resumed
+(`edis train --resume`); anything else starts afresh. A run starts when the offline run it
+depends on is complete and, for a tuned run, when every sweep run is. A failed run is
+reported and its dependants skipped; the others go on. On SIGINT/SIGTERM the children get
+SIGTERM (they checkpoint) and are waited for, so a later call continues where this one
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.plan import RunSpec, sweep_overrides
+from services.sampler.process import die_with_parent
+
+SUMMARY = "summary.json"
+CHECKPOINT = "checkpoint"
+
+
+def status(run_dir: Path) -> str:
+    """'completed', 'resumable' (a checkpoint), 'failed' or 'new'."""
+    summary = run_dir / SUMMARY
+    if summary.is_file():
+        state = json.loads(summary.read_text()).get("status")
+        if state == "completed":
+            return "completed"
+        if state == "failed":
+            return "failed"
+    return "resumable" if (run_dir / CHECKPOINT).is_dir() else "new"
+
+
+@dataclass
+class Runner:
+    root: Path
+    profile: str
+    device: str = "cpu"
+    jobs: int = 2
+    extra: Sequence[str] = ()
+    """Overrides for every run (e.g. a smaller budget)."""
+    choose: Callable[[], tuple[float, float] | None] = lambda: None
+    """The sweep's (ρ, scale), or None while it is incomplete."""
+    poll_seconds: float = 2.0
+
+    def run(self, specs: list[RunSpec]) -> dict[str, str]:
+        """Run what is not complete; returns every spec's final status by name."""
+        outcome = {s.name: status(self.root / s.name) for s in specs}
+        waiting = [s for s in specs if outcome[s.name] != "completed"]
+        running: dict[str, tuple[RunSpec, subprocess.Popen]] = {}
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stop: list[int] = []
+        for sig in previous:
+            signal.signal(sig, lambda number, _frame: stop.append(number))
+        try:
+            while (waiting or running) and not stop:
+                for spec in self._startable(waiting, outcome, len(running)):
+                    waiting.remove(spec)
+                    running[spec.name] = (spec, self._launch(spec))
+                for name, (spec, process) in list(running.items()):
+                    if process.poll() is not None:
+                        del running[name]
+                        outcome[name] = status(self.root / name)
+                        if outcome[name] != "completed":
+                            outcome[name] = "failed"
+                            print(f"bench: {name} failed (exit {process.returncode}); see "
+                                  f"{self._log_path(spec)}", file=sys.stderr)
+                waiting = self._drop_blocked(waiting, outcome)
+                if running and not stop:
+                    time.sleep(self.poll_seconds)
+        finally:
+            for _spec, process in running.values():
+                process.send_signal(signal.SIGTERM)
+            for name, (_spec, process) in running.items():
+                process.wait()
+                outcome[name] = status(self.root / name)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return outcome
+
+    def _startable(self, waiting: list[RunSpec], outcome: dict[str, str],
+                   busy: int) -> list[RunSpec]:
+        free = self.jobs - busy
+        ready = []
+        for spec in waiting:
+            if len(ready) >= free:
+                break
+            if spec.offline is not None and outcome.get(spec.offline) != "completed":
+                continue
+            if spec.tuned and self.choose() is None:
+                continue
+            ready.append(spec)
+        return ready
+
+    def _drop_blocked(self, waiting: list[RunSpec], outcome: dict[str, str]) -> list[RunSpec]:
+        """Skip runs whose offline run failed; they are marked 'blocked'."""
+        kept = []
+        for spec in waiting:
+            if spec.offline is not None and outcome.get(spec.offline) == "failed":
+                outcome[spec.name] = "blocked"
+                print(f"bench: {spec.name} skipped: its offline run {spec.offline} failed",
+                      file=sys.stderr)
+            else:
+                kept.append(spec)
+        return kept
+
+    def command(self, spec: RunSpec) -> list[str]:
+        run_dir = self.root / spec.name
+        edis = [sys.executable, "-m", "services.cli", "train"]
+        if status(run_dir) == "resumable":
+            return [*edis, "--resume", str(run_dir)]
+        overrides = [*self.extra, *spec.overrides]
+        if spec.offline is not None:
+            overrides.append(f"offline_from={self.root / spec.offline}")
+        if spec.tuned:
+            choice = self.choose()
+            assert choice is not None, "a tuned run started before the sweep finished"
+            overrides += sweep_overrides(*choice, mode=spec.mode)
+        return [*edis, "--profile", self.profile, "--agent", spec.agent, "--dataset",
+                spec.dataset, "--synthetic", spec.mode, "--seed", str(spec.seed),
+                "--device", self.device, "--run-dir", str(run_dir),
+                *(arg for override in overrides for arg in ("--set", override))]
+
+    def _launch(self, spec: RunSpec) -> subprocess.Popen:
+        log = self._log_path(spec)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        run_dir = self.root / spec.name
+        if status(run_dir) == "failed":   # a failed run without checkpoint starts afresh
+            (run_dir / SUMMARY).unlink()
+        command = self.command(spec)
+        print(f"bench: start {spec.name}", flush=True)
+        with log.open("a") as out:
+            out.write(f"$ {' '.join(command)}\n")
+            out.flush()
+            # Its own session: a Ctrl-C reaches the bench only, which then stops each run
+            # once (SIGTERM: checkpoint and exit); it dies with the bench even on SIGKILL.
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                    start_new_session=True, preexec_fn=die_with_parent)
+
+    def _log_path(self, spec: RunSpec) -> Path:
+        return self.root / "logs" / (spec.name.replace("/", "__") + ".log")
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's summary and metrics records, or None."""
+    if status(run_dir) != "completed":
+        return None
+    records = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return {"summary": json.loads((run_dir / SUMMARY).read_text()), "records": records}

@@ -1,0 +1,67 @@
+"""The evidence benchmark end to end on a tiny budget: plan, dependencies, reuse, report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bench.plan import Grid, plan
+from tests.test_training import TINY, TINY_SYNTHETIC
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
+    specs = plan(Grid(agents=("iql", "calql"), datasets=("edis/hopper-medium-v0",),
+                      seeds=(0, 1), tuning_seeds=(100,), rhos=(0.25, 0.5), scales=(1.0,)))
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names))
+    offline = [s for s in specs if s.group == "offline"]
+    assert {(s.agent, s.seed) for s in offline} == {("iql", 0), ("iql", 1), ("iql", 100),
+                                                     ("calql", 0), ("calql", 1)}
+    for spec in specs:
+        if spec.group != "offline":
+            assert names.index(spec.offline) < names.index(spec.name)  # offline runs first
+    assert {s.seed for s in specs if s.group == "sweep"} == {100}
+    assert {s.seed for s in specs if s.group in ("table", "ablation")} == {0, 1}
+    assert {s.tuned for s in specs if s.group == "table" and s.mode != "none"} == {True}
+
+
+def bench(root, out, dataset, *extra):
+    overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
+    return subprocess.run(
+        [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
+         "--seeds", "0", "--tuning-seeds", "100", "--rhos", "0.25", "0.5", "--scales", "1.0",
+         "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
+         *extra], capture_output=True, text=True, timeout=900)
+
+
+def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_dataset,
+                                                                       tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "docs"
+    first = bench(root, out, hopper_dataset)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("bench: start") == 10   # 2 offline, 2 sweep, 3 table, 3 ablation
+    report = (out / "results.md").read_text()
+    assert "Finished runs: 10 of 10 planned." in report
+    chosen = [line for line in report.splitlines() if "chosen: ρ = " in line]
+    assert chosen, report
+    # The tuned runs carry the sweep's choice; unguided takes ρ but no guidance scale.
+    rho = float(chosen[0].split("chosen: ρ = ")[1].split(",")[0])
+    stem = f"{root}/hopper-random/iql/seed0"
+    edis = yaml.safe_load(open(f"{stem}/edis/config.yaml"))
+    unguided = yaml.safe_load(open(f"{stem}/unguided/config.yaml"))
+    assert edis["schedule"]["ratio"] == unguided["schedule"]["ratio"] == rho
+    assert edis["offline_from"] == f"{stem}/offline"
+    assert (out / "results-hopper-random.png").stat().st_size > 5_000
+    for heading in ("| dataset | agent | offline (start) | none | unguided | edis |",
+                    "| agent | mode | runs | wall ms / env step |", "| no-state |",
+                    "| with-transition |"):
+        assert heading in report, heading
+
+    again = bench(root, out, hopper_dataset)
+    assert again.returncode == 0 and "bench: start" not in again.stdout
+    assert "bench: 10 completed" in again.stdout
