@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,8 +53,8 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     # The tuned runs carry the sweep's choice; unguided takes ρ but no guidance scale.
     rho = float(chosen[0].split("chosen: ρ = ")[1].split(",")[0])
     stem = f"{root}/hopper-random/iql/seed0"
-    edis = yaml.safe_load(open(f"{stem}/edis/config.yaml"))
-    unguided = yaml.safe_load(open(f"{stem}/unguided/config.yaml"))
+    edis = yaml.safe_load(Path(f"{stem}/edis/config.yaml").read_text())
+    unguided = yaml.safe_load(Path(f"{stem}/unguided/config.yaml").read_text())
     assert edis["schedule"]["ratio"] == unguided["schedule"]["ratio"] == rho
     assert edis["offline_from"] == f"{stem}/offline"
     assert (out / "results-hopper-random.png").stat().st_size > 5_000
