@@ -20,7 +20,13 @@ import torch
 from test_training import tiny_config
 
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
-from edis_core.data.minari_io import DatasetError, _collect, _write, check_compatible, load_dataset
+from edis_core.data.minari_io import (
+    DatasetError,
+    _collect,
+    check_compatible,
+    load_dataset,
+    write_episodes,
+)
 from edis_core.generator import EDISConfig, SyntheticGenerator
 from edis_core.training import checkpoint
 from edis_core.training.checkpoint import CheckpointError
@@ -69,7 +75,7 @@ def write_dataset(dataset_id: str, env_id: str = "Hopper-v5", field: str | None 
         episodes[1].rewards[2] = value
     elif field is not None:
         getattr(episodes[1], field)[2, 1] = value
-    _write(dataset_id, env, episodes, False, algorithm_name="test", description="test")
+    write_episodes(dataset_id, env, episodes, False, algorithm_name="test", description="test")
     env.close()
 
 

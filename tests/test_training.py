@@ -143,14 +143,14 @@ def test_corrupt_checkpoint_is_a_clear_error(hopper_dataset, tmp_path):
 
 
 def test_online_prior_data_is_all_online_rows_and_as_many_offline_rows():
-    from edis_core.training.synthetic import _balanced
+    from edis_core.training.synthetic import balanced_prior_rows
     from edis_core.transitions import Transitions
 
     offline, online = Transitions.empty(2, 1, 100), Transitions.empty(2, 1, 30)
     offline.rewards[:], online.rewards[:] = 0.0, 1.0
-    mixed = _balanced(offline, online, np.random.default_rng(0))
+    mixed = balanced_prior_rows(offline, online, np.random.default_rng(0))
     assert len(mixed) == 60 and mixed.rewards.sum() == 30
-    few_offline = _balanced(offline.take(slice(0, 10)), online, np.random.default_rng(0))
+    few_offline = balanced_prior_rows(offline.take(slice(0, 10)), online, np.random.default_rng(0))
     assert len(few_offline) == 40
 
 
