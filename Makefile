@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py) $(PROTOS:.proto=_pb2.pyi)
 
-.PHONY: setup run test lint bench clean prometheus cluster cluster-down
+.PHONY: setup run test lint bench evidence clean prometheus cluster cluster-down
 
 setup: $(STAMP) $(STUBS)
 
@@ -38,6 +38,10 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_agents.py
 	$(BIN)/python benchmarks/bench_sampling.py
+
+# EDIS against its base agents, like for like (resumable; ~6 h on 2 cores): docs/results.md
+evidence: setup
+	$(BIN)/python -m bench.evidence
 
 # Debian's prometheus and promtool, which the cluster and its tests run; installed when missing
 # (as root), else the tests that need them say how.
