@@ -80,7 +80,8 @@ def plan(grid: Grid) -> list[RunSpec]:
         specs.append(RunSpec(f"{short(dataset)}/{agent}/seed{seed}/{leaf}", group, agent,
                              dataset, seed, mode, overrides, source.name, tuned, label))
 
-    if "sweep" in grid.stages:
+    tuned = "sweep" in grid.stages    # without a sweep: the profile's ρ and scale
+    if tuned:
         for seed, rho, scale in itertools.product(grid.tuning_seeds, grid.rhos, grid.scales):
             setting = f"rho{rho:g}-scale{scale:g}"
             online("sweep", grid.sweep_agent, grid.focus_dataset, seed, "edis",
@@ -88,12 +89,12 @@ def plan(grid: Grid) -> list[RunSpec]:
     if "table" in grid.stages:
         for dataset, agent, seed, mode in itertools.product(grid.datasets, grid.agents,
                                                             grid.seeds, MODES):
-            online("table", agent, dataset, seed, mode, mode, tuned=mode != "none",
+            online("table", agent, dataset, seed, mode, mode, tuned=tuned and mode != "none",
                    label=mode)
     if "ablation" in grid.stages:
         for seed, (name, overrides) in itertools.product(grid.seeds, ABLATIONS.items()):
             online("ablation", grid.ablation_agent, grid.focus_dataset, seed, "edis",
-                   f"edis-{name}", overrides, tuned=True, label=name)
+                   f"edis-{name}", overrides, tuned=tuned, label=name)
     return specs
 
 

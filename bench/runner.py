@@ -63,7 +63,15 @@ class Runner:
             signal.signal(sig, lambda number, _frame: stop.append(number))
         try:
             while (waiting or running) and not stop:
-                for spec in self._startable(waiting, outcome, len(running)):
+                startable = self._startable(waiting, outcome, len(running))
+                if not startable and not running:
+                    # What still waits depends on runs that will not finish (a failed sweep run).
+                    for spec in waiting:
+                        outcome[spec.name] = "blocked"
+                        print(f"bench: {spec.name} skipped: what it depends on did not finish",
+                              file=sys.stderr)
+                    break
+                for spec in startable:
                     waiting.remove(spec)
                     running[spec.name] = (spec, self._launch(spec))
                 for name, (spec, process) in list(running.items()):
@@ -137,15 +145,16 @@ class Runner:
         if status(run_dir) == "failed":   # a failed run without checkpoint starts afresh
             (run_dir / SUMMARY).unlink()
         command = self.command(spec)
-        print(f"bench: start {spec.name}", flush=True)
         with log.open("a") as out:
             out.write(f"$ {' '.join(command)}\n")
             out.flush()
             # Its own session: a Ctrl-C reaches the bench only, which then stops each run
             # once (SIGTERM: checkpoint and exit); it dies with the bench even on SIGKILL.
-            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                    start_new_session=True, preexec_fn=die_with_parent)
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                       start_new_session=True, preexec_fn=die_with_parent)
+        print(f"bench: start {spec.name} (pid {process.pid})", flush=True)
+        return process
 
     def _log_path(self, spec: RunSpec) -> Path:
         return self.root / "logs" / (spec.name.replace("/", "__") + ".log")

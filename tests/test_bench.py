@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bench.plan import Grid, plan
+from bench.runner import status
 from tests.test_training import TINY, TINY_SYNTHETIC
 
 pytestmark = pytest.mark.slow
@@ -29,15 +33,22 @@ def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
     assert {s.seed for s in specs if s.group == "sweep"} == {100}
     assert {s.seed for s in specs if s.group in ("table", "ablation")} == {0, 1}
     assert {s.tuned for s in specs if s.group == "table" and s.mode != "none"} == {True}
+    untuned = plan(Grid(agents=("iql",), datasets=("edis/hopper-medium-v0",), seeds=(0,),
+                        stages=("table", "ablation")))
+    assert not any(s.tuned for s in untuned)    # no sweep: the profile's own ρ and scale
+
+
+def bench_command(root, out, dataset, *extra) -> list[str]:
+    overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
+    return [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
+            "--seeds", "0", "--tuning-seeds", "100", "--rhos", "0.25", "0.5", "--scales", "1.0",
+            "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
+            *extra]
 
 
 def bench(root, out, dataset, *extra):
-    overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
-    return subprocess.run(
-        [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
-         "--seeds", "0", "--tuning-seeds", "100", "--rhos", "0.25", "0.5", "--scales", "1.0",
-         "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
-         *extra], capture_output=True, text=True, timeout=900)
+    return subprocess.run(bench_command(root, out, dataset, *extra), capture_output=True,
+                          text=True, timeout=900)
 
 
 def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_dataset,
@@ -66,3 +77,29 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     again = bench(root, out, hopper_dataset)
     assert again.returncode == 0 and "bench: start" not in again.stdout
     assert "bench: 10 completed" in again.stdout
+
+
+def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp_path):
+    root, out, log = tmp_path / "runs", tmp_path / "docs", tmp_path / "bench.log"
+    longer = ["--stages", "table", "--set", "online_steps=3000", "--jobs", "1"]
+    with log.open("w") as stdout:
+        bench_process = subprocess.Popen(
+            bench_command(root, out, hopper_dataset, *longer), stdout=stdout,
+            stderr=subprocess.STDOUT, text=True)
+    none_run = root / "hopper-random" / "iql" / "seed0" / "none"
+    deadline = time.monotonic() + 300
+    while not (none_run / "checkpoint").is_dir() and time.monotonic() < deadline:
+        assert bench_process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    pids = [int(m) for m in re.findall(r"\(pid (\d+)\)", log.read_text())]
+    bench_process.send_signal(signal.SIGTERM)
+    assert bench_process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"run process {pid} left behind"
+    assert status(none_run) == "resumable"
+
+    again = subprocess.run(bench_command(root, out, hopper_dataset, *longer),
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "bench: 4 completed" in again.stdout
+    assert "--resume" in (root / "logs" / "hopper-random__iql__seed0__none.log").read_text()
