@@ -90,17 +90,38 @@ def score_table(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
                    "EDIS − none / EDIS − unguided, per seed"], rows)
 
 
-def _paired_gains(table: Sequence[RunSpec], runs: Runs, dataset: str, agent: str) -> str:
-    """Per seed (same offline checkpoint), EDIS minus each baseline; mean over seeds."""
+def _gains(table: Sequence[RunSpec], runs: Runs, dataset: str,
+           agent: str) -> dict[str, list[float]]:
+    """Per seed (same offline checkpoint), EDIS minus each baseline's final score."""
     final = {(s.seed, s.mode): final_score(runs[s.name]) for s in table
              if (s.dataset, s.agent) == (dataset, agent) and s.name in runs}
-    gains = [[final[seed, "edis"] - final[seed, base] for seed in {k[0] for k in final}
-              if (seed, "edis") in final and (seed, base) in final]
-             for base in ("none", "unguided")]
-    if not all(gains):
+    return {base: [final[seed, "edis"] - final[seed, base]
+                   for seed in sorted({k[0] for k in final})
+                   if (seed, "edis") in final and (seed, base) in final]
+            for base in ("none", "unguided")}
+
+
+def _paired_gains(table: Sequence[RunSpec], runs: Runs, dataset: str, agent: str) -> str:
+    gains = _gains(table, runs, dataset, agent)
+    if not all(gains.values()):
         return "–"
     return " / ".join(f"{np.mean(g):+.1f} ({sum(x > 0 for x in g)} of {len(g)} seeds > 0)"
-                      for g in gains)
+                      for g in gains.values())
+
+
+def verdicts(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
+    """One plain sentence per agent and dataset: does EDIS beat each baseline here?"""
+    table = [s for s in specs if s.group == "table"]
+    lines = []
+    for dataset, agent in sorted({(s.dataset, s.agent) for s in table}):
+        for base, gains in _gains(table, runs, dataset, agent).items():
+            if not gains:
+                continue
+            mean, wins = float(np.mean(gains)), sum(x > 0 for x in gains)
+            verb = "beats" if mean > 0 and wins > len(gains) / 2 else "does NOT beat"
+            lines.append(f"- {agent} on {short(dataset)}: EDIS {verb} {base} ({mean:+.1f} "
+                         f"points on average, ahead on {wins} of {len(gains)} seeds).")
+    return lines
 
 
 def cost_rows(specs: Sequence[RunSpec], runs: Runs) -> tuple[list[str], dict[str, float]]:
@@ -236,6 +257,8 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         "## Final normalised score (mean ± std over seeds)",
         "",
         *score_table(specs, runs),
+        "",
+        *verdicts(specs, runs),
         "",
         *(f"![learning curves]({p.name})" for p in plots),
         "",

@@ -69,6 +69,7 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     assert edis["schedule"]["ratio"] == unguided["schedule"]["ratio"] == rho
     assert edis["offline_from"] == f"{stem}/offline"
     assert (out / "results-hopper-random.png").stat().st_size > 5_000
+    assert "- iql on hopper-random: EDIS " in report
     for heading in ("| dataset | agent | offline (start) | none | unguided | edis |",
                     "| agent | mode | runs | wall ms / env step |", "| no-state |",
                     "| with-transition |"):
