@@ -264,9 +264,10 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         "",
         "## Cost per online env step",
         "",
-        "Wall clock and CPU time of the online phase divided by its env steps (two runs "
-        "shared the machine's 2 cores, one torch thread each); shares of the online wall "
-        "clock; prior pre-training is the one-off offline diffusion training.",
+        "Wall clock and CPU time of the online phase divided by its env steps; runs share "
+        "the machine (`--jobs` at a time, one torch thread each), so CPU time is the "
+        "steadier figure. Shares are of the online wall clock; prior pre-training is the "
+        "one-off offline diffusion training.",
         "",
         *costs,
         "",
