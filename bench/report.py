@@ -118,7 +118,10 @@ def verdicts(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
             if not gains:
                 continue
             mean, wins = float(np.mean(gains)), sum(x > 0 for x in gains)
-            verb = "beats" if mean > 0 and wins > len(gains) / 2 else "does NOT beat"
+            if abs(mean) < 0.05:        # what the report rounds to 0.0
+                verb = "ties with"
+            else:
+                verb = "beats" if mean > 0 and wins > len(gains) / 2 else "does NOT beat"
             lines.append(f"- {agent} on {short(dataset)}: EDIS {verb} {base} ({mean:+.1f} "
                          f"points on average, ahead on {wins} of {len(gains)} seeds).")
     return lines
