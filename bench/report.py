@@ -153,7 +153,11 @@ _SHARES = ("agent_updates", "collect", "prior", "energy", "generation", "other")
 
 
 def _cost(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
-    steps = sum(r["summary"]["steps"]["online"] for r in runs)
+    """Over the runs' online phases as timed by the process that ran them: a resumed run
+    counts only the steps and seconds of its last process."""
+    # Summaries written before "online_steps_timed" come from runs timed in one process.
+    steps = sum(r["summary"].get("online_steps_timed", r["summary"]["steps"]["online"])
+                for r in runs)
     wall = sum(r["summary"]["phase_seconds"].get("online", 0.0) for r in runs)
     cpu = sum(r["summary"]["phase_cpu_seconds"].get("online", 0.0) for r in runs)
     parts = defaultdict(float)
@@ -170,7 +174,9 @@ def _cost(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
     shares = {k: parts[k] / wall if wall else 0.0 for k in _SHARES}
     return {"wall": wall / steps, "cpu": cpu / steps, **shares,
             "offline_prior": float(np.mean([r["summary"]["phase_seconds"].get("prior", 0.0)
-                                            for r in runs]))}
+                                            for r in runs
+                                            if "prior" in r["summary"]["phase_seconds"]]
+                                           or [0.0]))}
 
 
 def group_table(specs: Sequence[RunSpec], runs: Runs, group: str,

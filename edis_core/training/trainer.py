@@ -167,6 +167,7 @@ class Trainer:
         self.phase_cpu_seconds: dict[str, float] = {}  # CPU time of this process per phase
         # Where the online phase's wall clock goes (this process): the cost per env step.
         self.online_seconds = dict.fromkeys(("collect", "synthetic", "agent_updates"), 0.0)
+        self.online_steps_timed = 0  # online env steps this process ran (the seconds' steps)
         self.last_losses: dict[str, float] = {}
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
@@ -351,6 +352,7 @@ class Trainer:
                     self.last_losses = self._update_agent(self.mixer.sample_online(self.rng))
                     self.updates += 1
                 self._charge("agent_updates", clock)
+                self.online_steps_timed += self.steps["online"] - before
                 self._after_online_pass(before)
         if self.supply is not None and not self._stopping:
             for record in self.supply.settle(self.steps["online"]):
@@ -554,6 +556,7 @@ class Trainer:
             "phase_seconds": self.phase_seconds,
             "phase_cpu_seconds": self.phase_cpu_seconds,
             "online_seconds": self.online_seconds,
+            "online_steps_timed": self.online_steps_timed,
         }
         write_summary(self.run_dir, summary)
         plot_learning_curve(self.run_dir, records,
