@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -104,3 +105,6 @@ def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp
     assert again.returncode == 0, again.stderr[-3000:]
     assert "bench: 4 completed" in again.stdout
     assert "--resume" in (root / "logs" / "hopper-random__iql__seed0__none.log").read_text()
+    # Its cost counts only what the resuming process ran and timed.
+    summary = json.loads((none_run / "summary.json").read_text())
+    assert 0 < summary["online_steps_timed"] < summary["steps"]["online"] == 3000
