@@ -122,10 +122,14 @@ def _dims(env_id: str) -> tuple[int, int]:
 
 def _medium_policy(env_id: str, seed: int):
     """The committed actor as a dataset policy: one raw observation -> one env action."""
-    actor, metadata = load_policy(_committed_policy(env_id), *_dims(env_id))
+    path = _committed_policy(env_id)
     env = make_env(env_id, seed)
-    scaler = ActionScaler.for_space(env.action_space)
-    env.close()
+    try:
+        dims = env.observation_space.shape[0], env.action_space.shape[0]
+        scaler = ActionScaler.for_space(env.action_space)
+    finally:
+        env.close()
+    actor, metadata = load_policy(path, *dims)
     torch.manual_seed(seed)
 
     @torch.no_grad()
