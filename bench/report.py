@@ -1,7 +1,8 @@
 """The evidence report: docs/results.md and its plots, from whatever runs are finished.
 
 Scores are D4RL-normalised returns of the deterministic policy (edis_core/data/scores.py), at
-the end of the online phase; spreads are standard deviations over seeds. Costs come from each
+the end of the online phase; spreads are standard deviations over seeds, and EDIS's gain
+over a baseline is judged by the 95% interval of its per-seed differences. Costs come from each
 run's summary (wall clock and CPU time of the online phase, where its wall clock went) and
 its refresh records (prior, energy and generation seconds).
 """
@@ -13,12 +14,14 @@ import os
 import platform
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 import torch
+from scipy import stats
 
 from bench.plan import MODES, RunSpec, short
 from bench.runner import read_run
@@ -83,11 +86,11 @@ def score_table(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
         offline = [offline_score(runs[s.name]) for s in table
                    if (s.dataset, s.agent, s.mode) == (dataset, agent, "none")
                    and s.name in runs]
-        paired = _paired_gains(table, runs, dataset, agent)
+        paired = _paired_column(table, runs, dataset, agent)
         rows.append([short(dataset), agent, _mean_std(offline),
                      *(_mean_std(cell.get(m, [])) for m in MODES), paired])
     return _table(["dataset", "agent", "offline (start)", *MODES,
-                   "EDIS − none / EDIS − unguided, per seed"], rows)
+                   "EDIS − none / EDIS − unguided (paired by seed)"], rows)
 
 
 def _gains(table: Sequence[RunSpec], runs: Runs, dataset: str,
@@ -101,30 +104,65 @@ def _gains(table: Sequence[RunSpec], runs: Runs, dataset: str,
             for base in ("none", "unguided")}
 
 
-def _paired_gains(table: Sequence[RunSpec], runs: Runs, dataset: str, agent: str) -> str:
-    gains = _gains(table, runs, dataset, agent)
-    if not all(gains.values()):
+@dataclass(frozen=True)
+class PairedGain:
+    """EDIS minus a baseline over seeds that share their offline checkpoint: the mean and
+    Student's t 95% interval of the per-seed differences."""
+    gains: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.gains))
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """None with fewer than two seeds (no spread to judge by)."""
+        n = len(self.gains)
+        if n < 2:
+            return None
+        half = stats.t.ppf(0.975, n - 1) * np.std(self.gains, ddof=1) / np.sqrt(n)
+        return self.mean - half, self.mean + half
+
+    def verdict(self) -> str:
+        """'beats' / 'is beaten by' only when the interval excludes 0."""
+        if self.interval is None:
+            return "cannot yet be told apart from (one seed)"
+        low, high = self.interval
+        if low > 0:
+            return "beats"
+        if high < 0:
+            return "is beaten by"
+        return "is not distinguishable from"
+
+    def __str__(self) -> str:
+        wins = sum(g > 0 for g in self.gains)
+        interval = ("" if self.interval is None
+                    else ", 95% interval [{:+.1f}, {:+.1f}]".format(*self.interval))
+        return f"{self.mean:+.1f}{interval}, ahead on {wins} of {len(self.gains)} seeds"
+
+
+def paired_gains(table: Sequence[RunSpec], runs: Runs, dataset: str,
+                 agent: str) -> dict[str, PairedGain]:
+    """Per baseline, EDIS's final score minus the baseline's, seed by seed."""
+    return {base: PairedGain(tuple(gains))
+            for base, gains in _gains(table, runs, dataset, agent).items() if gains}
+
+
+def _paired_column(table: Sequence[RunSpec], runs: Runs, dataset: str, agent: str) -> str:
+    gains = paired_gains(table, runs, dataset, agent)
+    if set(gains) != {"none", "unguided"}:
         return "–"
-    return " / ".join(f"{np.mean(g):+.1f} ({sum(x > 0 for x in g)} of {len(g)} seeds > 0)"
-                      for g in gains.values())
+    return " / ".join(str(gains[base]) for base in ("none", "unguided"))
 
 
 def verdicts(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
-    """One plain sentence per agent and dataset: does EDIS beat each baseline here?"""
+    """One plain sentence per agent, dataset and baseline: does EDIS beat it here, judged by
+    the 95% interval of the paired per-seed differences?"""
     table = [s for s in specs if s.group == "table"]
-    lines = []
-    for dataset, agent in sorted({(s.dataset, s.agent) for s in table}):
-        for base, gains in _gains(table, runs, dataset, agent).items():
-            if not gains:
-                continue
-            mean, wins = float(np.mean(gains)), sum(x > 0 for x in gains)
-            if abs(mean) < 0.05:        # what the report rounds to 0.0
-                verb = "ties with"
-            else:
-                verb = "beats" if mean > 0 and wins > len(gains) / 2 else "does NOT beat"
-            lines.append(f"- {agent} on {short(dataset)}: EDIS {verb} {base} ({mean:+.1f} "
-                         f"points on average, ahead on {wins} of {len(gains)} seeds).")
-    return lines
+    return [f"- {agent} on {short(dataset)}: EDIS {gain.verdict()} {base}: final score "
+            f"difference {gain}."
+            for dataset, agent in sorted({(s.dataset, s.agent) for s in table})
+            for base, gain in paired_gains(table, runs, dataset, agent).items()]
 
 
 def cost_rows(specs: Sequence[RunSpec], runs: Runs) -> tuple[list[str], dict[str, float]]:
@@ -266,6 +304,10 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         "## Final normalised score (mean ± std over seeds)",
         "",
         *score_table(specs, runs),
+        "",
+        "EDIS − baseline is taken seed by seed (the two runs of a seed share their offline "
+        "checkpoint); EDIS 'beats' a baseline only when the Student's t 95% interval of "
+        "those differences lies above zero.",
         "",
         *verdicts(specs, runs),
         "",

@@ -1,0 +1,53 @@
+"""The evidence report's verdicts: EDIS 'beats' a baseline only when the 95% interval of the
+paired per-seed differences excludes zero."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.plan import RunSpec
+from bench.report import PairedGain, verdicts
+
+
+def test_the_interval_is_students_t_over_the_paired_differences():
+    gain = PairedGain((1.0, 2.0, 3.0))          # mean 2, sample std 1, t_0.975(2) = 4.3027
+    low, high = gain.interval
+    half = 4.302653 / math.sqrt(3)
+    assert low == pytest.approx(2 - half, abs=1e-4)
+    assert high == pytest.approx(2 + half, abs=1e-4)
+    assert str(gain) == "+2.0, 95% interval [-0.5, +4.5], ahead on 3 of 3 seeds"
+
+
+@pytest.mark.parametrize(("gains", "verdict"), [
+    ((2.0, 2.1, 1.9), "beats"),
+    ((-2.0, -2.1, -1.9), "is beaten by"),
+    ((1.0, 2.0, 3.0), "is not distinguishable from"),   # ahead on every seed, yet too spread
+    ((0.6, -1.0, 2.2), "is not distinguishable from"),
+    ((5.0,), "cannot yet be told apart from (one seed)"),
+])
+def test_verdicts_need_the_interval_to_exclude_zero(gains, verdict):
+    assert PairedGain(gains).verdict() == verdict
+
+
+def _run(score: float) -> dict:
+    return {"summary": {"online_final": {"normalized_score": score},
+                        "offline_final": {"normalized_score": 0.0}}, "records": []}
+
+
+def test_verdicts_pair_seeds_and_name_each_baseline():
+    specs, runs = [], {}
+    scores = {"none": (10.0, 20.0, 30.0), "unguided": (11.0, 19.0, 31.0),
+              "edis": (13.0, 23.1, 32.9)}
+    for mode, per_seed in scores.items():
+        for seed, score in enumerate(per_seed):
+            name = f"hopper-medium/iql/seed{seed}/{mode}"
+            specs.append(RunSpec(name, "table", "iql", "edis/hopper-medium-v0", seed, mode))
+            runs[name] = _run(score)
+    lines = verdicts(specs, runs)
+    # against none the gains are 3.0, 3.1, 2.9 although the scores spread over 20 points
+    assert lines[0].startswith("- iql on hopper-medium: EDIS beats none: final score "
+                               "difference +3.0, 95% interval [")
+    assert lines[1].startswith("- iql on hopper-medium: EDIS is not distinguishable from "
+                               "unguided: final score difference +2.7, 95%")
