@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 MODES = ("none", "unguided", "edis")
@@ -51,6 +51,9 @@ class Grid:
     sweep_agent: str = "iql"
     ablation_agent: str = "iql"
     stages: Sequence[str] = field(default=("sweep", "table", "ablation"))
+    agent_overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Overrides for every online run of one agent (its budget), e.g. {"calql":
+    ["online_steps=5000"]}; its offline runs keep the profile's."""
 
     @property
     def focus_dataset(self) -> str:
@@ -77,6 +80,7 @@ def plan(grid: Grid) -> list[RunSpec]:
         source = offline_spec(agent, dataset, seed)
         if source not in specs:
             specs.append(source)
+        overrides = (*grid.agent_overrides.get(agent, ()), *overrides)
         specs.append(RunSpec(f"{short(dataset)}/{agent}/seed{seed}/{leaf}", group, agent,
                              dataset, seed, mode, overrides, source.name, tuned, label))
 

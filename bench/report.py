@@ -13,7 +13,7 @@ import datetime
 import os
 import platform
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from scipy import stats
 
 from bench.plan import MODES, RunSpec, short
 from bench.runner import read_run
+from edis_core.training.config import TrainConfig
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -267,7 +268,8 @@ def _band(ax: Any, curves: list[tuple[np.ndarray, np.ndarray]], label: str) -> N
 
 
 def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
-                 budget: dict[str, Any]) -> Path:
+                 profile: str, budgets: Mapping[str, TrainConfig]) -> Path:
+    """`budgets`: each agent's configuration of its online runs."""
     out.mkdir(parents=True, exist_ok=True)
     choice = sweep_choice(specs, runs)
     plots = plot_curves(specs, runs, out)
@@ -297,9 +299,10 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         "- ρ and the guidance scale are chosen by a sweep on tuning seeds that are never "
         "reported" + (f"; chosen: ρ = {choice[0]:g}, scale = {choice[1]:g}." if choice
                       else "; the sweep has not finished."),
-        f"- Budget (profile `{budget['profile']}`): {budget['offline_steps']:,} offline "
-        f"updates, {budget['online_steps']:,} online env steps, evaluation every "
-        f"{budget['online_eval_every']:,} steps over {budget['eval_episodes']} episodes.",
+        f"- Budget (profile `{profile}`), the same for every mode of an agent: "
+        + "; ".join(f"{agent}: {c.offline_steps:,} offline updates, {c.online_steps:,} "
+                    f"online env steps, evaluation every {c.online_eval_every:,} steps over "
+                    f"{c.eval_episodes} episodes" for agent, c in budgets.items()) + ".",
         "",
         "## Final normalised score (mean ± std over seeds)",
         "",

@@ -39,6 +39,16 @@ def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
     assert not any(s.tuned for s in untuned)    # no sweep: the profile's own ρ and scale
 
 
+def test_an_agents_budget_reaches_its_online_runs_only():
+    specs = plan(Grid(agents=("iql", "calql"), datasets=("edis/hopper-medium-v0",), seeds=(0,),
+                      agent_overrides={"calql": ("online_steps=5000",)}))
+    for spec in specs:
+        has_budget = "online_steps=5000" in spec.overrides
+        assert has_budget == (spec.agent == "calql" and spec.group != "offline"), spec
+    offline = next(s for s in specs if s.agent == "calql" and s.group == "offline")
+    assert offline.overrides == ("online_steps=0",)
+
+
 def bench_command(root, out, dataset, *extra) -> list[str]:
     overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
     return [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
