@@ -52,8 +52,8 @@ class Grid:
     ablation_agent: str = "iql"
     stages: Sequence[str] = field(default=("sweep", "table", "ablation"))
     agent_overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    """Overrides for every online run of one agent (its budget), e.g. {"calql":
-    ["online_steps=5000"]}; its offline runs keep the profile's."""
+    """Overrides for every run of one agent (its budget, its precision), e.g. {"calql":
+    ["online_steps=5000"]}; its offline runs still end with online_steps=0."""
 
     @property
     def focus_dataset(self) -> str:
@@ -66,9 +66,9 @@ def short(dataset: str) -> str:
     return dataset.rsplit("/", 1)[-1].rsplit("-v", 1)[0]
 
 
-def offline_spec(agent: str, dataset: str, seed: int) -> RunSpec:
+def offline_spec(agent: str, dataset: str, seed: int, overrides: Sequence[str] = ()) -> RunSpec:
     return RunSpec(f"{short(dataset)}/{agent}/seed{seed}/offline", "offline", agent, dataset,
-                   seed, "none", ("online_steps=0",))
+                   seed, "none", (*overrides, "online_steps=0"))
 
 
 def plan(grid: Grid) -> list[RunSpec]:
@@ -77,10 +77,11 @@ def plan(grid: Grid) -> list[RunSpec]:
 
     def online(group: str, agent: str, dataset: str, seed: int, mode: str, leaf: str,
                overrides: tuple[str, ...] = (), tuned: bool = False, label: str = "") -> None:
-        source = offline_spec(agent, dataset, seed)
+        agent_overrides = tuple(grid.agent_overrides.get(agent, ()))
+        source = offline_spec(agent, dataset, seed, agent_overrides)
         if source not in specs:
             specs.append(source)
-        overrides = (*grid.agent_overrides.get(agent, ()), *overrides)
+        overrides = (*agent_overrides, *overrides)
         specs.append(RunSpec(f"{short(dataset)}/{agent}/seed{seed}/{leaf}", group, agent,
                              dataset, seed, mode, overrides, source.name, tuned, label))
 

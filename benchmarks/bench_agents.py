@@ -2,8 +2,9 @@
 
 Random batch-256 tensors with Hopper dimensions (obs 11, act 3), default networks, CPU, at 1
 and 2 torch threads: the setting in which the CORL figures were measured on these machines.
+`calql-bf16` is Cal-QL with bfloat16 hidden layers in its critics (calql.critic_bf16).
 
-    python benchmarks/bench_agents.py [--quick] [--threads 1,2] [--agents iql,calql]
+    python benchmarks/bench_agents.py [--quick] [--threads 1,2] [--agents iql,calql,calql-bf16]
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from edis_core.transitions import Batch
 OBS_DIM, ACT_DIM = 11, 3
 # CORL updates/s measured on this kind of machine (TARGETS.md), keyed by (agent, threads).
 REFERENCE = {("iql", 1): 100.0, ("iql", 2): 152.0, ("calql", 1): 9.3, ("calql", 2): 15.4}
-TARGET = {("iql", 2): 230.0, ("calql", 2): 46.0}
+TARGET = {("iql", 2): 230.0, ("calql", 2): 46.0, ("calql-bf16", 2): 46.0}
+VARIANTS = {"iql": ("iql", {}), "calql": ("calql", {}),
+            "calql-bf16": ("calql", {"critic_bf16": True})}
 
 
 def random_batches(count: int, batch_size: int, device: torch.device) -> list[Batch]:
@@ -44,7 +47,9 @@ def updates_per_second(name: str, threads: int, batch_size: int, warmup: int, se
     """Rates of `repeats` timed windows of about `seconds` each, after `warmup` updates."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    agent = make_agent(name, AGENT_CONFIGS[name](), OBS_DIM, ACT_DIM, device)
+    agent_name, options = VARIANTS[name]
+    agent = make_agent(agent_name, AGENT_CONFIGS[agent_name](**options), OBS_DIM, ACT_DIM,
+                       device)
     batches = random_batches(8, batch_size, device)
     for i in range(warmup):
         agent.update(batches[i % len(batches)])
@@ -79,13 +84,17 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke run")
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--agents", default="iql,calql")
+    parser.add_argument("--agents", default="iql,calql,calql-bf16",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tune-malloc", action="store_true",
                         help="keep freed memory in the heap (see tune_malloc)")
     parser.add_argument("--out", type=Path, default=Path("results/bench_agents.json"))
     args = parser.parse_args()
+    unknown = set(args.agents.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown agents {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.tune_malloc:
         tune_malloc()
     warmup, seconds, repeats = (5, 1.0, 1) if args.quick else (30, 4.0, 3)
@@ -96,7 +105,7 @@ def main() -> None:
               "so these rates are low and noisy")
 
     rows = []
-    header = (f"{'agent':<6} {'threads':>7} {'updates/s':>10} {'CORL':>7} {'target':>7} "
+    header = (f"{'agent':<10} {'threads':>7} {'updates/s':>10} {'CORL':>7} {'target':>7} "
               f"{'ratio vs CORL':>13}  meets target")
     print(header)
     print("-" * len(header))
@@ -105,13 +114,14 @@ def main() -> None:
             rates = updates_per_second(name, threads, args.batch_size, warmup, seconds, repeats,
                                        device)
             rate = statistics.median(rates)
-            reference, target = REFERENCE.get((name, threads)), TARGET.get((name, threads))
+            corl_name = VARIANTS[name][0]
+            reference, target = REFERENCE.get((corl_name, threads)), TARGET.get((name, threads))
             ratio = rate / reference if reference else None
             meets = None if target is None else rate >= target
             rows.append({"agent": name, "threads": threads, "updates_per_s": rate,
                          "windows": rates, "corl_updates_per_s": reference, "target": target,
                          "ratio_vs_corl": ratio, "meets_target": meets})
-            print(f"{name:<6} {threads:>7} {rate:>10.1f} {_cell(reference, '.1f'):>7} "
+            print(f"{name:<10} {threads:>7} {rate:>10.1f} {_cell(reference, '.1f'):>7} "
                   f"{_cell(target, '.0f'):>7} {_cell(ratio, '.2f'):>13}  "
                   f"{'-' if meets is None else ('yes' if meets else 'NO')}")
 

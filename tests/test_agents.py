@@ -225,6 +225,34 @@ def test_calql_updates_agree_on_both_critic_paths():
         torch.testing.assert_close(mine, theirs)
 
 
+def test_calql_bf16_critics_follow_the_float32_updates():
+    torch.manual_seed(0)
+    full, low = make("calql"), make("calql", critic_bf16=True)
+    low.load_state_dict(full.state_dict())
+    for i in range(5):
+        torch.manual_seed(i)
+        logs = full.update(random_batch(seed=i))
+        torch.manual_seed(i)
+        logs_bf16 = low.update(random_batch(seed=i))
+        np.testing.assert_allclose(list(logs.values()), list(logs_bf16.values()), rtol=2e-2,
+                                   atol=2e-3)
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+               for p in low.critic.parameters())
+
+
+def test_bf16_critics_keep_large_q_values_exact_to_float32_rounding_of_the_output_layer():
+    torch.manual_seed(0)
+    full = QEnsemble(OBS_DIM, ACT_DIM, (256, 256), 2)
+    low = QEnsemble(OBS_DIM, ACT_DIM, (256, 256), 2, hidden_bf16=True)
+    with torch.no_grad():
+        full.net.biases[-1].fill_(300.0)        # Q ≈ 300: bfloat16's spacing there is 2
+    low.load_state_dict(full.state_dict())
+    obs, actions = torch.randn(512, OBS_DIM), torch.rand(512, ACT_DIM) * 2 - 1
+    q, q_bf16 = full(obs, actions), low(obs, actions)
+    assert q_bf16.dtype == torch.float32
+    assert (q_bf16 - q).abs().max() < 0.05       # only the hidden layers are rounded
+
+
 def test_calql_start_online_switches_hyper_parameters():
     agent = make("calql", cql_alpha=5.0, cql_alpha_online=1.0, calibrate_online=False)
     assert agent.update(random_batch())["cql_weight"] == 5.0 and agent.calibrate

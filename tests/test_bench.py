@@ -39,14 +39,17 @@ def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
     assert not any(s.tuned for s in untuned)    # no sweep: the profile's own ρ and scale
 
 
-def test_an_agents_budget_reaches_its_online_runs_only():
+def test_an_agents_overrides_reach_all_its_runs_and_offline_runs_stay_offline():
+    budget = ("calql.critic_bf16=true", "online_steps=5000")
     specs = plan(Grid(agents=("iql", "calql"), datasets=("edis/hopper-medium-v0",), seeds=(0,),
-                      agent_overrides={"calql": ("online_steps=5000",)}))
+                      agent_overrides={"calql": budget}))
     for spec in specs:
-        has_budget = "online_steps=5000" in spec.overrides
-        assert has_budget == (spec.agent == "calql" and spec.group != "offline"), spec
-    offline = next(s for s in specs if s.agent == "calql" and s.group == "offline")
-    assert offline.overrides == ("online_steps=0",)
+        if spec.agent == "iql":
+            assert not set(budget) & set(spec.overrides), spec
+        elif spec.group == "offline":
+            assert spec.overrides == (*budget, "online_steps=0")   # the last one wins
+        else:
+            assert spec.overrides[:2] == budget, spec
 
 
 def bench_command(root, out, dataset, *extra) -> list[str]:

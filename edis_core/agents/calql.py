@@ -47,6 +47,9 @@ class CalQLConfig:
     actor_hidden: tuple[int, ...] = (256, 256, 256)
     """Actor widths; CORL's Cal-QL tanh-Gaussian policy."""
     n_critics: int = 2
+    critic_bf16: bool = False
+    """bfloat16 matmuls in the critics' hidden layers (networks.StackedMLP): ~2× faster updates
+    on CPUs with AMX; losses agree with float32 to ~1e-3 (tests/test_agents.py)."""
     gamma: float = 0.99
     target_update_rate: float = 0.005
     critic_lr: float = 3e-4
@@ -137,9 +140,10 @@ class CalQLAgent(ActorPolicy):
         self.act_dim = act_dim
         self.target_entropy = (-float(act_dim) if config.target_entropy is None
                                else config.target_entropy)
-        self.critic = QEnsemble(obs_dim, act_dim, config.critic_hidden,
-                                config.n_critics).to(self.device)
-        self.critic_target = QEnsemble(obs_dim, act_dim, config.critic_hidden, config.n_critics)
+        self.critic = QEnsemble(obs_dim, act_dim, config.critic_hidden, config.n_critics,
+                                config.critic_bf16).to(self.device)
+        self.critic_target = QEnsemble(obs_dim, act_dim, config.critic_hidden, config.n_critics,
+                                       config.critic_bf16)
         self.critic_target.to(self.device).load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.actor = TanhGaussianActor(obs_dim, act_dim, config.actor_hidden).to(self.device)
