@@ -126,13 +126,16 @@ class Runner:
         edis = [sys.executable, "-m", "services.cli", "train"]
         if status(run_dir) == "resumable":
             return [*edis, "--resume", str(run_dir)]
-        overrides = [*self.extra, *spec.overrides]
-        if spec.offline is not None:
-            overrides.append(f"offline_from={self.root / spec.offline}")
+        tuned: tuple[str, ...] = ()
         if spec.tuned:
             choice = self.choose()
             assert choice is not None, "a tuned run started before the sweep finished"
-            overrides += sweep_overrides(*choice, mode=spec.mode)
+            tuned = sweep_overrides(*choice, mode=spec.mode)
+        # The run's own overrides come after the sweep's choice: an ablation's w_state=0
+        # must not be reset to the chosen scale.
+        overrides = [*self.extra, *tuned, *spec.overrides]
+        if spec.offline is not None:
+            overrides.append(f"offline_from={self.root / spec.offline}")
         return [*edis, "--profile", self.profile, "--agent", spec.agent, "--dataset",
                 spec.dataset, "--synthetic", spec.mode, "--seed", str(spec.seed),
                 "--device", self.device, "--run-dir", str(run_dir),

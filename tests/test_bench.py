@@ -82,6 +82,13 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     unguided = yaml.safe_load(Path(f"{stem}/unguided/config.yaml").read_text())
     assert edis["schedule"]["ratio"] == unguided["schedule"]["ratio"] == rho
     assert edis["offline_from"] == f"{stem}/offline"
+    # An ablation keeps its own change on top of the sweep's choice.
+    scale = edis["edis"]["w_state"]
+    for leaf, off, kept in (("no-state", "w_state", "w_policy"),
+                            ("no-policy", "w_policy", "w_state")):
+        ablation = yaml.safe_load(Path(f"{stem}/edis-{leaf}/config.yaml").read_text())
+        assert ablation["edis"][off] == 0.0 and ablation["edis"][kept] == scale, leaf
+        assert ablation["schedule"]["ratio"] == rho
     assert (out / "results-hopper-random.png").stat().st_size > 5_000
     assert "- iql on hopper-random: EDIS " in report
     for heading in ("| dataset | agent | offline (start) | none | unguided | edis |",
