@@ -166,6 +166,26 @@ def verdicts(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
             for base, gain in paired_gains(table, runs, dataset, agent).items()]
 
 
+def drops(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
+    """A plain line wherever every mode ends below its offline start: there the budget shows
+    the early online drop and the recovery from it, not fine-tuning gains."""
+    table = [s for s in specs if s.group == "table"]
+    lines = []
+    for dataset, agent in sorted({(s.dataset, s.agent) for s in table}):
+        cell = [s for s in table if (s.dataset, s.agent) == (dataset, agent) and s.name in runs]
+        final = _scores_by(cell, runs, lambda s: s.mode)
+        start = [offline_score(runs[s.name]) for s in cell if s.mode == "none"]
+        if set(final) != set(MODES) or not start:
+            continue
+        means = [float(np.mean(final[m])) for m in MODES]
+        if max(means) < np.mean(start):
+            lines.append(f"- {agent} on {short(dataset)}: every mode ends below its offline "
+                         f"start ({np.mean(start):.1f} → {min(means):.1f}-{max(means):.1f}); "
+                         "at this budget the table measures the early online drop and the "
+                         "recovery from it, not fine-tuning gains.")
+    return lines
+
+
 def cost_rows(specs: Sequence[RunSpec], runs: Runs) -> tuple[list[str], dict[str, float]]:
     """Per agent and mode: seconds per online env step, and where the online time goes."""
     table = [s for s in specs if s.group == "table" and s.name in runs]
@@ -313,6 +333,7 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         "those differences lies above zero.",
         "",
         *verdicts(specs, runs),
+        *drops(specs, runs),
         "",
         *(f"![learning curves]({p.name})" for p in plots),
         "",
