@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--agents", nargs="+", default=list(defaults.agents),
                         choices=["iql", "calql"])
     parser.add_argument("--datasets", nargs="+", default=list(defaults.datasets))
+    parser.add_argument("--focus-dataset", default=defaults.focus_dataset,
+                        help="the dataset of the sweep and the ablation")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
     parser.add_argument("--tuning-seeds", nargs="+", type=int,
                         default=list(defaults.tuning_seeds))
@@ -98,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     grid = Grid(agents=args.agents, datasets=args.datasets, seeds=args.seeds,
                 tuning_seeds=args.tuning_seeds, rhos=args.rhos, scales=args.scales,
-                stages=args.stages, agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
+                stages=args.stages, focus_dataset=args.focus_dataset,
+                agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
     specs = plan(grid)
     budgets = {agent: build(TrainConfig, args.profile, {},   # validates the profile first
                             [*args.set, *grid.agent_overrides.get(agent, ())])
                for agent in grid.agents}
     if not args.report_only:
-        ensure_datasets(args.datasets)
+        ensure_datasets(sorted({*args.datasets, args.focus_dataset}))
         runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
                         choose=chooser(specs, args.runs_root))
         outcome = runner.run(specs)

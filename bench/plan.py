@@ -50,15 +50,13 @@ class Grid:
     scales: Sequence[float] = (0.5, 1.0, 2.0)
     sweep_agent: str = "iql"
     ablation_agent: str = "iql"
+    focus_dataset: str = "edis/hopper-medium-replay-v0"
+    """The dataset of the sweep and the ablation, whatever `datasets` a call runs: a call for
+    another dataset alone must not sweep (and tune its runs) on that one."""
     stages: Sequence[str] = field(default=("sweep", "table", "ablation"))
     agent_overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Overrides for every run of one agent (its budget, its precision), e.g. {"calql":
     ["online_steps=5000"]}; its offline runs still end with online_steps=0."""
-
-    @property
-    def focus_dataset(self) -> str:
-        """The dataset of the sweep and the ablation: the first one."""
-        return self.datasets[0]
 
 
 def short(dataset: str) -> str:

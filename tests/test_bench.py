@@ -32,6 +32,9 @@ def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
         if spec.group != "offline":
             assert names.index(spec.offline) < names.index(spec.name)  # offline runs first
     assert {s.seed for s in specs if s.group == "sweep"} == {100}
+    # a call for one dataset alone still sweeps and ablates on the focus dataset
+    assert {s.dataset for s in specs if s.group in ("sweep", "ablation")} == {
+        "edis/hopper-medium-replay-v0"}
     assert {s.seed for s in specs if s.group in ("table", "ablation")} == {0, 1}
     assert {s.tuned for s in specs if s.group == "table" and s.mode != "none"} == {True}
     untuned = plan(Grid(agents=("iql",), datasets=("edis/hopper-medium-v0",), seeds=(0,),
@@ -55,6 +58,7 @@ def test_an_agents_overrides_reach_all_its_runs_and_offline_runs_stay_offline():
 def bench_command(root, out, dataset, *extra) -> list[str]:
     overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
     return [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
+            "--focus-dataset", dataset,
             "--seeds", "0", "--tuning-seeds", "100", "--rhos", "0.25", "0.5", "--scales", "1.0",
             "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
             *extra]
