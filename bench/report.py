@@ -187,7 +187,8 @@ def drops(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
 
 
 def cost_rows(specs: Sequence[RunSpec], runs: Runs) -> tuple[list[str], dict[str, float]]:
-    """Per agent and mode: seconds per online env step, and where the online time goes."""
+    """Per agent and mode: seconds per online env step, and where the online time goes; the
+    ratios to the base agent are of CPU time."""
     table = [s for s in specs if s.group == "table" and s.name in runs]
     rows, per_step = [], {}
     for agent in sorted({s.agent for s in table}):
@@ -196,15 +197,15 @@ def cost_rows(specs: Sequence[RunSpec], runs: Runs) -> tuple[list[str], dict[str
             if not mine:
                 continue
             cost = _cost(mine)
-            per_step[agent, mode] = cost["wall"]
+            per_step[agent, mode] = cost["cpu"]    # the steadier figure on shared cores
             base = per_step.get((agent, "none"))
             rows.append([agent, mode, len(mine), f"{1e3 * cost['wall']:.1f}",
                          f"{1e3 * cost['cpu']:.1f}",
-                         f"{cost['wall'] / base:.2f}" if base else "–",
+                         f"{cost['cpu'] / base:.2f}" if base else "–",
                          f"{cost['offline_prior']:.0f}",
                          *(f"{100 * cost[k]:.0f}%" for k in _SHARES)])
     header = ["agent", "mode", "runs", "wall ms / env step", "CPU ms / env step",
-              "÷ none", "prior pre-training s", *(f"{k} share" for k in _SHARES)]
+              "CPU ÷ none", "prior pre-training s", *(f"{k} share" for k in _SHARES)]
     return _table(header, rows), per_step
 
 
@@ -346,7 +347,7 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         "",
         *costs,
         "",
-        *(["EDIS ÷ base agent per env step: "
+        *(["EDIS ÷ base agent per env step (CPU time): "
            + ", ".join(f"{a} {per_step[a, 'edis'] / per_step[a, 'none']:.2f}"
                        for a in sorted({k[0] for k in per_step})
                        if (a, "edis") in per_step and (a, "none") in per_step)
