@@ -124,16 +124,16 @@ class PairedGain:
         half = stats.t.ppf(0.975, n - 1) * np.std(self.gains, ddof=1) / np.sqrt(n)
         return self.mean - half, self.mean + half
 
-    def verdict(self) -> str:
-        """'beats' / 'is beaten by' only when the interval excludes 0."""
+    def verdict(self, base: str) -> str:
+        """'beats' / 'is beaten by' `base` only when the interval excludes 0."""
         if self.interval is None:
-            return "cannot yet be told apart from (one seed)"
+            return f"has one seed against {base}, no verdict yet"
         low, high = self.interval
         if low > 0:
-            return "beats"
+            return f"beats {base}"
         if high < 0:
-            return "is beaten by"
-        return "is not distinguishable from"
+            return f"is beaten by {base}"
+        return f"is not distinguishable from {base}"
 
     def __str__(self) -> str:
         wins = sum(g > 0 for g in self.gains)
@@ -160,7 +160,7 @@ def verdicts(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
     """One plain sentence per agent, dataset and baseline: does EDIS beat it here, judged by
     the 95% interval of the paired per-seed differences?"""
     table = [s for s in specs if s.group == "table"]
-    return [f"- {agent} on {short(dataset)}: EDIS {gain.verdict()} {base}: final score "
+    return [f"- {agent} on {short(dataset)}: EDIS {gain.verdict(base)}: final score "
             f"difference {gain}."
             for dataset, agent in sorted({(s.dataset, s.agent) for s in table})
             for base, gain in paired_gains(table, runs, dataset, agent).items()]
