@@ -77,19 +77,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def _cell(table: Sequence[RunSpec], runs: Runs, dataset: str,
+          agent: str) -> tuple[dict[str, list[float]], list[float]]:
+    """One agent on one dataset: its finished final scores by mode, and its offline starts
+    (one per seed, read from the `none` runs, which all start from it)."""
+    mine = [s for s in table if (s.dataset, s.agent) == (dataset, agent) and s.name in runs]
+    return (_scores_by(mine, runs, lambda s: s.mode),
+            [offline_score(runs[s.name]) for s in mine if s.mode == "none"])
+
+
 def score_table(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
     table = [s for s in specs if s.group == "table"]
-    keys = sorted({(s.dataset, s.agent) for s in table})
     rows = []
-    for dataset, agent in keys:
-        cell = _scores_by([s for s in table if (s.dataset, s.agent) == (dataset, agent)], runs,
-                          lambda s: s.mode)
-        offline = [offline_score(runs[s.name]) for s in table
-                   if (s.dataset, s.agent, s.mode) == (dataset, agent, "none")
-                   and s.name in runs]
+    for dataset, agent in sorted({(s.dataset, s.agent) for s in table}):
+        final, start = _cell(table, runs, dataset, agent)
         paired = _paired_column(table, runs, dataset, agent)
-        rows.append([short(dataset), agent, _mean_std(offline),
-                     *(_mean_std(cell.get(m, [])) for m in MODES), paired])
+        rows.append([short(dataset), agent, _mean_std(start),
+                     *(_mean_std(final.get(m, [])) for m in MODES), paired])
     return _table(["dataset", "agent", "offline (start)", *MODES,
                    "EDIS − none / EDIS − unguided (paired by seed)"], rows)
 
@@ -172,9 +176,7 @@ def drops(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
     table = [s for s in specs if s.group == "table"]
     lines = []
     for dataset, agent in sorted({(s.dataset, s.agent) for s in table}):
-        cell = [s for s in table if (s.dataset, s.agent) == (dataset, agent) and s.name in runs]
-        final = _scores_by(cell, runs, lambda s: s.mode)
-        start = [offline_score(runs[s.name]) for s in cell if s.mode == "none"]
+        final, start = _cell(table, runs, dataset, agent)
         if set(final) != set(MODES) or not start:
             continue
         means = [float(np.mean(final[m])) for m in MODES]
