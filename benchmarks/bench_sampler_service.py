@@ -28,7 +28,8 @@ from bench_sampling import ACT_DIM, OBS_DIM, SAMPLE_BATCH, random_transitions
 from numpy.random import default_rng
 
 from edis_core.diffusion.prior import DiffusionConfig
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from services.sampler.client import SamplerClient
 from services.sampler.process import SamplerProcess
 from services.sampler.weights import model_names

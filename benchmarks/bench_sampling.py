@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from edis_core.diffusion.prior import DiffusionConfig
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.transitions import Transitions
 
 OBS_DIM, ACT_DIM = 11, 3

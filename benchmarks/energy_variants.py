@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from edis_core.config import from_dict, merge, nest, parse_override
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.training.diagnose import diagnose_generator
 from edis_core.training.synthetic import balanced_prior_rows
 from edis_core.training.trainer import Trainer

@@ -39,7 +39,8 @@ from edis_core.analytic import (
 from edis_core.config import build
 from edis_core.diffusion.prior import DiffusionPrior
 from edis_core.energy.guidance import EnergyTerm
-from edis_core.generator import EDISConfig, guidance_hook
+from edis_core.generator import guidance_hook
+from edis_core.generator_config import EDISConfig
 from edis_core.training.checkpoint import checkpoint_path
 from edis_core.training.config import TrainConfig
 from edis_core.training.diagnose import diagnose_run

@@ -14,7 +14,8 @@ from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.energy.guidance import EnergyGuidance, EnergyTerm
 from edis_core.energy.infonce import contrastive_loss, infonce_loss
 from edis_core.energy.networks import EnergyNet
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.transitions import Transitions
 
 

@@ -9,7 +9,8 @@ from edis_core.diffusion.edm import Churn, evaluation_sigmas, heun_sample, karra
 from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.energy.networks import EnergyNet
 from edis_core.energy.training import ContrastiveSet, EnergyTraining, contrastive_sets
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.transitions import Transitions
 
 

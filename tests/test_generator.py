@@ -8,7 +8,8 @@ import torch
 
 from edis_core.diffusion.edm import SamplerOutput
 from edis_core.diffusion.prior import DiffusionConfig
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.transitions import Transitions
 
 SMALL = DiffusionConfig(width=32, blocks=1, sampling_steps=4, batch_size=64)

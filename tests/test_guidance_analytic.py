@@ -19,7 +19,8 @@ from edis_core.analytic import (
 )
 from edis_core.diffusion.prior import DiffusionPrior
 from edis_core.energy.guidance import EnergyTerm
-from edis_core.generator import EDISConfig, guidance_hook
+from edis_core.generator import guidance_hook
+from edis_core.generator_config import EDISConfig
 
 MODES = [[1.5, 1.5], [1.5, -1.5], [-1.5, 1.5], [-1.5, -1.5]]
 MODE_COVARIANCE = [[0.25, 0.0], [0.0, 0.25]]

@@ -27,7 +27,8 @@ from edis_core.data.minari_io import (
     load_dataset,
     write_episodes,
 )
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.training import checkpoint
 from edis_core.training.checkpoint import CheckpointError
 from edis_core.training.config import SyntheticSchedule

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from edis_core.diffusion.prior import DiffusionConfig
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 from edis_core.transitions import Transitions
 from protos import generate as stubs
 from protos.edis.sampler.v1 import sampler_pb2 as pb

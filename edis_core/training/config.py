@@ -7,7 +7,7 @@ from typing import Literal
 
 from edis_core.agents.calql import CalQLConfig
 from edis_core.agents.iql import IQLConfig
-from edis_core.generator import EDISConfig
+from edis_core.generator_config import EDISConfig
 from edis_core.training.normalization import Normalization
 from edis_core.training.synthetic_table import SyntheticRateLimit
 

@@ -36,7 +36,8 @@ from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
 from edis_core.finite import NonFiniteError, check_losses
-from edis_core.generator import SyntheticGenerator, saved_edis_values
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import saved_edis_values
 from edis_core.training import checkpoint, provenance
 from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env

@@ -19,7 +19,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from edis_core.config import ConfigError, from_dict
-from edis_core.generator import EDISConfig, SyntheticGenerator
+from edis_core.generator import SyntheticGenerator
+from edis_core.generator_config import EDISConfig
 
 PRIOR = "prior"
 ENERGY_PREFIX = "energy/"
