@@ -169,6 +169,10 @@ def main() -> None:
     args = parser.parse_args()
 
     ensure_demo_dataset()
+    # The toys run in this process before any run's Trainer would set its threads.
+    threads = build(TrainConfig, args.profile, {"dataset": DEMO_DATASET}, args.set).torch_threads
+    if threads:
+        torch.set_num_threads(threads)
     toys = {seed: toy_shift(seed) for seed in args.seeds}
     rows = []
     for agent in args.agents:
