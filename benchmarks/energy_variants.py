@@ -28,7 +28,7 @@ from edis_core.config import from_dict, merge, nest, parse_override
 from edis_core.generator import SyntheticGenerator
 from edis_core.generator_config import EDISConfig
 from edis_core.training.diagnose import diagnose_generator
-from edis_core.training.synthetic import balanced_prior_rows
+from edis_core.training.synthetic import prior_rows
 from edis_core.training.trainer import Trainer
 
 COLUMNS = (
@@ -50,7 +50,7 @@ def variant_config(run_config: EDISConfig, overrides: list[str]) -> EDISConfig:
 
 
 def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
-             prior_steps: int = 0) -> dict:
+             prior_steps: int = 0, recent_share: float | None = None) -> dict:
     trainer = Trainer.inspect(run_dir)
     if trainer.supply is None or len(trainer.positive) == 0:
         raise SystemExit(f"{run_dir}: needs a run with a prior and online episodes")
@@ -62,9 +62,12 @@ def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
     torch.manual_seed(seed)
     online = trainer.replay.contents()
     if prior_steps:
-        # As a refresh with prior_steps_per_refresh = prior_steps would: warm-started, on all
-        # online rows and as many offline rows.
-        rows = balanced_prior_rows(trainer.offline, online, np.random.default_rng(seed))
+        # As a refresh with prior_steps_per_refresh = prior_steps would: warm-started, on the
+        # rows of the run's schedule (all online rows, as many offline, its recent share).
+        if recent_share is None:
+            recent_share = trainer.config.schedule.prior_recent_share
+        rows = prior_rows(trainer.offline, online, trainer.positive.contents(), recent_share,
+                          np.random.default_rng(seed))
         generator.train_prior(rows, prior_steps)
     real = online.take(slice(max(0, len(online) - trainer.config.schedule.real_sample), None))
     training = generator.train_energies(trainer.positive.contents(), real,
@@ -88,6 +91,9 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=0,
                         help="continue the run's prior this many steps on its online rows and "
                              "as many offline rows before the energies are trained")
+    parser.add_argument("--prior-recent-share", type=float, default=None,
+                        help="share of those prior rows from the positive buffer (default: "
+                             "the run's schedule.prior_recent_share)")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--held-out", type=int, default=5_000)
     parser.add_argument("--out", type=Path, default=Path("results/energy_variants.json"))
@@ -103,9 +109,10 @@ def main() -> None:
     for run_dir in args.runs:
         for name, overrides in variants.items():
             report = evaluate(run_dir, overrides, args.samples, args.held_out,
-                              args.prior_steps)
+                              args.prior_steps, args.prior_recent_share)
             rows.append({"run": str(run_dir), "variant": name, "overrides": overrides,
-                         "prior_steps": args.prior_steps, "report": report})
+                         "prior_steps": args.prior_steps,
+                         "prior_recent_share": args.prior_recent_share, "report": report})
             cells = [" / ".join(f"{value(report, path, side):.4g}"
                                 for side in ("guided", "unguided")) for _, path in COLUMNS]
             ratio = (report.get("transition_probe") or {}).get("ratio") or {}

@@ -142,16 +142,23 @@ def test_corrupt_checkpoint_is_a_clear_error(hopper_dataset, tmp_path):
         Trainer.load(run_dir)
 
 
-def test_online_prior_data_is_all_online_rows_and_as_many_offline_rows():
-    from edis_core.training.synthetic import balanced_prior_rows
+def test_online_prior_data_is_all_online_rows_as_many_offline_rows_and_the_recent_share():
+    from edis_core.training.synthetic import prior_rows
     from edis_core.transitions import Transitions
 
     offline, online = Transitions.empty(2, 1, 100), Transitions.empty(2, 1, 30)
-    offline.rewards[:], online.rewards[:] = 0.0, 1.0
-    mixed = balanced_prior_rows(offline, online, np.random.default_rng(0))
+    recent, none = Transitions.empty(2, 1, 7), Transitions.empty(2, 1, 0)
+    offline.rewards[:], online.rewards[:], recent.rewards[:] = 0.0, 1.0, 5.0
+    mixed = prior_rows(offline, online, recent, 0.0, np.random.default_rng(0))
     assert len(mixed) == 60 and mixed.rewards.sum() == 30
-    few_offline = balanced_prior_rows(offline.take(slice(0, 10)), online, np.random.default_rng(0))
+    few_offline = prior_rows(offline.take(slice(0, 10)), online, recent, 0.0,
+                             np.random.default_rng(0))
     assert len(few_offline) == 40
+    # A quarter of the rows from the positive buffer: 20 beside the 60 balanced ones.
+    weighted = prior_rows(offline, online, recent, 0.25, np.random.default_rng(0))
+    assert len(weighted) == 80 and (weighted.rewards == 5.0).sum() == 20
+    assert (weighted.rewards == 1.0).sum() == 30 and (weighted.rewards == 0.0).sum() == 30
+    assert len(prior_rows(offline, online, none, 0.25, np.random.default_rng(0))) == 60
 
 
 def test_a_crash_between_checkpoint_renames_falls_back_to_the_previous_one(hopper_dataset,

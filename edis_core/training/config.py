@@ -37,6 +37,9 @@ class SyntheticSchedule:
     prior_steps_per_refresh: int = 0
     """Warm-started prior training before each refresh on all online data and as many
     offline rows (EDIS.md §2: optional); 0 keeps the prior as it left the offline phase."""
+    prior_recent_share: float = 0.0
+    """Share of those prior-training rows drawn (again) from the positive buffer, where
+    guidance sends the sampler (training/synthetic.py: prior_rows)."""
     rate_limit: SyntheticRateLimit = field(default_factory=SyntheticRateLimit)
     """How fresh synthetic rows must be and how often each may be drawn."""
 
@@ -49,6 +52,9 @@ class SyntheticSchedule:
         for name in ("min_positive", "prior_steps_per_refresh"):
             if getattr(self, name) < 0:
                 raise ValueError(f"schedule.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.prior_recent_share < 1.0:
+            raise ValueError("schedule.prior_recent_share must be in [0, 1), got "
+                             f"{self.prior_recent_share}")
         if self.samples_per_refresh > self.buffer_size:
             raise ValueError("schedule.samples_per_refresh must not exceed schedule.buffer_size "
                              f"({self.samples_per_refresh} > {self.buffer_size})")

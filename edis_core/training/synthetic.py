@@ -121,7 +121,8 @@ class SyntheticSupply:
         start = time.perf_counter()
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
-                balanced_prior_rows(inputs.offline, inputs.online, inputs.rng),
+                prior_rows(inputs.offline, inputs.online, inputs.positives,
+                           self.schedule.prior_recent_share, inputs.rng),
                 self.schedule.prior_steps_per_refresh, unless_cancelled)
             check_losses(stats, "online prior training")
             stats["prior_seconds"] = time.perf_counter() - start
@@ -201,15 +202,23 @@ def clip_actions(samples: Transitions) -> Transitions:
     return dataclasses.replace(samples, actions=np.clip(samples.actions, -1.0, 1.0))
 
 
-def balanced_prior_rows(offline: Transitions, online: Transitions,
-                        rng: np.random.Generator) -> Transitions:
-    """All online rows and as many offline rows (EDIS.md §2, optional online prior training).
+def prior_rows(offline: Transitions, online: Transitions, recent: Transitions,
+               recent_share: float, rng: np.random.Generator) -> Transitions:
+    """All online rows, as many offline rows, and rows of `recent` (the positive buffer,
+    drawn with repetition) making up `recent_share` of the whole (EDIS.md §2, optional
+    online prior training).
 
     Guided samples sit where the policy goes, off the offline data's support; there the
     prior's s' | (s, a) is what the online rows teach it, and offline rows that outnumber
     them would drown that out. On the Hopper demo with s' modelled directly, online prior
     training brought guided next states from 8x to about 2x the unguided error against the
-    simulator; modelling s' − s closed the rest (README, Diagnostics).
+    simulator; modelling s' − s closed most of the rest. The recent share puts more of the
+    prior's capacity where the energies send the guided sampler, the current policy's
+    states, which older online rows cover thinly (README, Diagnostics).
     """
     n = min(len(offline), len(online))
-    return Transitions.concatenate([offline.take(rng.integers(0, len(offline), n)), online])
+    parts = [offline.take(rng.integers(0, len(offline), n)), online]
+    if recent_share > 0 and len(recent):
+        extra = round((n + len(online)) * recent_share / (1 - recent_share))
+        parts.append(recent.take(rng.integers(0, len(recent), extra)))
+    return Transitions.concatenate(parts)
