@@ -96,8 +96,10 @@ def main() -> None:
                              "the run's schedule.prior_recent_share)")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--held-out", type=int, default=5_000)
+    parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/energy_variants.json"))
     args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
     variants = {}
     for text in args.variant or ["run="]:
         name, _, overrides = text.partition("=")
