@@ -67,7 +67,8 @@ def test_unknown_profile_lists_available():
 
 
 @pytest.mark.parametrize("override", ["offline_ratio=1.5", "batch_size=0", "device=tpu",
-                                      "schedule.ratio=1.0"])
+                                      "schedule.ratio=1.0", "schedule.prior_recent_share=1.0",
+                                      "schedule.prior_recent_share=-0.1"])
 def test_train_config_validation(override):
     with pytest.raises(ConfigError):
         build(TrainConfig, None, {}, [override])
