@@ -13,7 +13,7 @@ noised energy and by one that the default InfoNCE learned from 10,000 samples a 
 
     python benchmarks/guidance_seeds.py [--agents iql calql] [--seeds 0 1 2] [--set k=v ...]
 
-About 10 minutes per IQL seed and 30 per Cal-QL seed on 2 CPU cores, one thread each.
+About 12 minutes per IQL seed and 45 per Cal-QL seed on 2 CPU cores, one thread each.
 Finished runs and their diagnoses are reused, so the table can be made one core at a time:
 e.g. `--agents iql --seeds 0 1 2` beside `--agents calql --seeds 0 1`, then the full command.
 Writes results/guidance_seeds.json (or --out).
