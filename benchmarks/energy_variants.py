@@ -50,16 +50,21 @@ def variant_config(run_config: EDISConfig, overrides: list[str]) -> EDISConfig:
 
 
 def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
-             prior_steps: int = 0, recent_share: float | None = None) -> dict:
+             prior_steps: int = 0, recent_share: float | None = None,
+             energy_seed: int | None = None) -> dict:
+    """One variant on one run; `energy_seed` (default: the run's seed) seeds the new
+    generator (energy initialisation, contrastive sets, sampling), while the diagnosis keeps
+    the run's seed and so its held-out episodes."""
     trainer = Trainer.inspect(run_dir)
     if trainer.supply is None or len(trainer.positive) == 0:
         raise SystemExit(f"{run_dir}: needs a run with a prior and online episodes")
     seed, prior = trainer.config.seed, trainer.supply.generator.prior
+    energy_seed = seed if energy_seed is None else energy_seed
     config = variant_config(trainer.supply.generator.config, overrides)
     generator = SyntheticGenerator(trainer.offline.obs_dim, trainer.offline.act_dim, config,
-                                   seed=seed)
+                                   seed=energy_seed)
     generator.prior.load_state_dict(prior.state_dict())
-    torch.manual_seed(seed)
+    torch.manual_seed(energy_seed)
     online = trainer.replay.contents()
     if prior_steps:
         # As a refresh with prior_steps_per_refresh = prior_steps would: warm-started, on the
@@ -94,6 +99,9 @@ def main() -> None:
     parser.add_argument("--prior-recent-share", type=float, default=None,
                         help="share of those prior rows from the positive buffer (default: "
                              "the run's schedule.prior_recent_share)")
+    parser.add_argument("--energy-seed", type=int, default=None,
+                        help="seed of the retrained energies (default: the run's seed); "
+                             "other values show how much one refresh's energies vary")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--held-out", type=int, default=5_000)
     parser.add_argument("--torch-threads", type=int, default=1)
@@ -111,8 +119,9 @@ def main() -> None:
     for run_dir in args.runs:
         for name, overrides in variants.items():
             report = evaluate(run_dir, overrides, args.samples, args.held_out,
-                              args.prior_steps, args.prior_recent_share)
+                              args.prior_steps, args.prior_recent_share, args.energy_seed)
             rows.append({"run": str(run_dir), "variant": name, "overrides": overrides,
+                         "energy_seed": args.energy_seed,
                          "prior_steps": args.prior_steps,
                          "prior_recent_share": args.prior_recent_share, "report": report})
             cells = [" / ".join(f"{value(report, path, side):.4g}"
