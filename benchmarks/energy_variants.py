@@ -94,8 +94,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V",
                         help="a named set of edis overrides, comma-separated (empty: the run's)")
     parser.add_argument("--prior-steps", type=int, default=0,
-                        help="continue the run's prior this many steps on its online rows and "
-                             "as many offline rows before the energies are trained")
+                        help="continue the run's prior this many steps on its online rows, "
+                             "as many offline rows and the recent share (as a refresh would) "
+                             "before the energies are trained")
     parser.add_argument("--prior-recent-share", type=float, default=None,
                         help="share of those prior rows from the positive buffer (default: "
                              "the run's schedule.prior_recent_share)")
