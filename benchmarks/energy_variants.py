@@ -65,17 +65,17 @@ def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
                                    seed=energy_seed)
     generator.prior.load_state_dict(prior.state_dict())
     torch.manual_seed(energy_seed)
-    online = trainer.replay.contents()
+    online, positives = trainer.replay.contents(), trainer.positive.contents()
     if prior_steps:
         # As a refresh with prior_steps_per_refresh = prior_steps would: warm-started, on the
         # rows of the run's schedule (all online rows, as many offline, its recent share).
         if recent_share is None:
             recent_share = trainer.config.schedule.prior_recent_share
-        rows = prior_rows(trainer.offline, online, trainer.positive.contents(), recent_share,
+        rows = prior_rows(trainer.offline, online, positives, recent_share,
                           np.random.default_rng(seed))
         generator.train_prior(rows, prior_steps)
     real = online.take(slice(max(0, len(online) - trainer.config.schedule.real_sample), None))
-    training = generator.train_energies(trainer.positive.contents(), real,
+    training = generator.train_energies(positives, real,
                                         trainer.agent.sample_actions, config.energy_steps)
     report = diagnose_generator(trainer, generator, samples, seed, held_out, 1.0)
     report["training"] = training
