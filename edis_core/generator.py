@@ -201,6 +201,12 @@ class SyntheticGenerator:
         return guidance_hook(self.config, terms, self.layout.dim, known, self.rng)
 
     # ----- sampling ------------------------------------------------------------------------
+    def seed_sampling(self, seed: int) -> None:
+        """Restart the random streams of sampling (the prior's and the guidance's) from
+        `seed`, so that a loaded generator can draw independent batches on request."""
+        self.prior.generator.manual_seed(seed)
+        self.rng.manual_seed(seed + 2)
+
     def generate(self, n: int, guided: bool | None = None) -> Transitions:
         """Up to n transitions in raw units (rows with NaN/inf are dropped and counted in
         `dropped_rows`); guided defaults to mode == "edis"."""

@@ -16,6 +16,7 @@ from edis_core.diagnostics import (
     dynamics_fidelity,
     mmd,
     policy_log_likelihood,
+    ratio_interval,
     relative_policy_score,
     scale_actions,
     validity,
@@ -207,6 +208,41 @@ def test_dynamics_fidelity_near_zero_on_real_transitions(env_id):
     assert noisy["reward_mae"] > 5 * report["reward_mae"]
 
 
+def test_dynamics_fidelity_standard_errors_are_those_of_the_per_row_errors():
+    real = rollout("Hopper-v5", 400, seed=1)
+    noisy = perturbed(real, 0.1)
+    report = dynamics_fidelity("Hopper-v5", noisy, max_samples=400)
+    # the simulator reproduces `real` (previous test), so its rows are the truth here
+    scale = real.next_observations.astype(np.float64).std(0)
+    per_row = (((noisy.next_observations - real.next_observations) / scale) ** 2).mean(1)
+    assert report["next_obs_normalised_mse"] == pytest.approx(per_row.mean(), rel=1e-3)
+    assert report["next_obs_normalised_mse_stderr"] == pytest.approx(
+        per_row.std(ddof=1) / np.sqrt(400), rel=1e-3)
+    reward_sq = (noisy.rewards.astype(np.float64) - real.rewards) ** 2
+    assert report["reward_mse_stderr"] == pytest.approx(
+        reward_sq.std(ddof=1) / np.sqrt(400), rel=1e-3)
+
+
+def test_ratio_interval_closed_form_and_coverage_on_heavy_tails():
+    interval = ratio_interval(2.0, 0.1, 1.0, 0.05)
+    spread = 1.959964 * np.hypot(0.05, 0.05)
+    assert interval == pytest.approx({"ratio": 2.0, "low": 2.0 * np.exp(-spread),
+                                      "high": 2.0 * np.exp(spread)})
+    assert ratio_interval(0.0, 0.1, 1.0, 0.1) is None
+    # Squared errors are heavy-tailed: log-normal per-row errors (q99 ≈ 8x the mean), true
+    # ratio of means 1.1; the interval should cover it about 95% of the time.
+    rng = np.random.default_rng(0)
+    sigma, n, repeats = 1.2, 5_000, 400
+    covered = 0
+    for _ in range(repeats):
+        a = 1.1 * rng.lognormal(0.0, sigma, n)
+        b = rng.lognormal(0.0, sigma, n)
+        r = ratio_interval(a.mean(), a.std(ddof=1) / np.sqrt(n), b.mean(),
+                           b.std(ddof=1) / np.sqrt(n))
+        covered += r["low"] <= 1.1 <= r["high"]
+    assert 0.90 <= covered / repeats <= 0.99
+
+
 def test_dynamics_fidelity_splits_the_reward_error_at_termination():
     real = rollout("Hopper-v5", 400, seed=2)
     terminal = real.terminals > 0.5
@@ -307,7 +343,8 @@ def test_compare_report_and_verdict():
 
     report = compare(good, bad, held_out, reference, agent, "Hopper-v5", low, high,
                      max_samples=200, positives=positives, transition_probe=(1.0, good, bad))
-    assert set(report) == {"guided", "unguided", "verdict", "settings", "transition_probe"}
+    assert set(report) == {"guided", "unguided", "verdict", "settings", "transition_probe",
+                           "dynamics_ratio"}
     for side in ("guided", "unguided"):
         assert {"state_mmd_to_held_out", "state_mmd_to_positive_buffer",
                 "policy_log_likelihood", "relative_policy_score", "dynamics",
@@ -336,6 +373,8 @@ def test_compare_report_and_verdict():
     swapped = compare(bad, good, held_out, reference, agent, "Hopper-v5", low, high,
                       max_samples=200, transition_probe=(1.0, bad, good))
     assert "state_mmd_to_positive_buffer" not in swapped["guided"]
+    ratio = swapped["dynamics_ratio"]["next_obs_normalised_mse"]
+    assert 1e3 < ratio["low"] < ratio["ratio"] < ratio["high"]  # perturbed vs exact rows
     assert swapped["verdict"] == {"guided_closer_to_held_out_states": False,
                                   "guided_closer_to_policy": False, "dynamics_no_worse": False,
                                   "transition_energy_helps": False}

@@ -181,6 +181,19 @@ def test_zero_weights_reproduce_unguided_sampling_exactly():
     assert not np.array_equal(gen.generate(60, guided=True).observations, unguided.observations)
 
 
+def test_seed_sampling_repeats_a_draw_and_other_seeds_draw_anew():
+    gen = trained()
+    gen.seed_sampling(3)
+    first = gen.generate(40, guided=True)
+    gen.generate(40, guided=True)  # the streams advance
+    gen.seed_sampling(3)
+    again = gen.generate(40, guided=True)
+    np.testing.assert_array_equal(first.observations, again.observations)
+    np.testing.assert_array_equal(first.rewards, again.rewards)
+    gen.seed_sampling(4)
+    assert not np.array_equal(gen.generate(40, guided=True).observations, first.observations)
+
+
 def test_state_dict_round_trip_through_weights_only_load():
     gen = trained()
     buffer = io.BytesIO()

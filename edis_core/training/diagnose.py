@@ -59,10 +59,15 @@ def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples:
     """`compare` on `generator`'s guided and unguided samples, in the run's env units; the
     prior's own (r, s', done) at the held-out (s, a) are the dynamics reference.
 
+    `seed` picks the held-out episodes and the draw (the generator's sampling streams are
+    restarted from it), so diagnoses under other seeds are independent repeats. Every sample
+    is checked against the simulator: `samples` sets the precision of the dynamics ratios.
+
     The transition probe (when the generator has E_T) draws the guided batch again with the
     same random numbers and w_T = `transition_weight` if the configured w_T is 0, else 0."""
     episodes = collect_episodes(trainer.agent, trainer.env.spec.id, trainer.scaler,
                                 held_out, seed + HELD_OUT_SEED)
+    generator.seed_sampling(seed)
     states = (generator.prior.generator.get_state(), generator.rng.get_state())
     guided = generator.generate(samples, guided=True)
     unguided = generator.generate(samples, guided=False)
@@ -84,7 +89,8 @@ def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples:
     return compare(to_env(guided, trainer.scaler), to_env(unguided, trainer.scaler),
                    to_env(episodes, trainer.scaler), to_env(trainer.offline, trainer.scaler),
                    trainer.agent, trainer.env.spec.id, trainer.scaler.low, trainer.scaler.high,
-                   seed=seed, positives=to_env(trainer.positive.contents(), trainer.scaler),
+                   max_samples=max(samples, held_out), seed=seed,
+                   positives=to_env(trainer.positive.contents(), trainer.scaler),
                    transition_probe=probe,
                    prior_at_policy_states=to_env(prior_at_policy, trainer.scaler))
 
