@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from edis_core.config import from_dict, merge, nest, parse_override
+from edis_core.diagnostics import ratio_text
 from edis_core.generator import SyntheticGenerator
 from edis_core.generator_config import EDISConfig
-from edis_core.training.diagnose import diagnose_generator
+from edis_core.training.diagnose import BENCHMARK_SAMPLES, diagnose_generator
 from edis_core.training.synthetic import prior_rows
 from edis_core.training.trainer import Trainer
 
@@ -53,8 +54,8 @@ def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
              prior_steps: int = 0, recent_share: float | None = None,
              energy_seed: int | None = None) -> dict:
     """One variant on one run; `energy_seed` (default: the run's seed) seeds the new
-    generator (energy initialisation, contrastive sets, sampling), while the diagnosis keeps
-    the run's seed and so its held-out episodes."""
+    energies (initialisation, contrastive sets), while the diagnosis keeps the run's seed and
+    so its held-out episodes and the prior's random numbers."""
     trainer = Trainer.inspect(run_dir)
     if trainer.supply is None or len(trainer.positive) == 0:
         raise SystemExit(f"{run_dir}: needs a run with a prior and online episodes")
@@ -103,7 +104,8 @@ def main() -> None:
     parser.add_argument("--energy-seed", type=int, default=None,
                         help="seed of the retrained energies (default: the run's seed); "
                              "other values show how much one refresh's energies vary")
-    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=BENCHMARK_SAMPLES,
+                        help="guided and unguided samples each (default %(default)s)")
     parser.add_argument("--held-out", type=int, default=5_000)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/energy_variants.json"))
@@ -115,8 +117,8 @@ def main() -> None:
         variants[name] = [item for item in overrides.split(",") if item]
     rows = []
     print("| run | variant | " + " | ".join(f"{c} guided / unguided" for c, _ in COLUMNS)
-          + " | E_T s' / r ratio |")
-    print("|" + "---|" * (len(COLUMNS) + 3))
+          + " | s' ratio [95%] | E_T s' / r ratio |")
+    print("|" + "---|" * (len(COLUMNS) + 4))
     for run_dir in args.runs:
         for name, overrides in variants.items():
             report = evaluate(run_dir, overrides, args.samples, args.held_out,
@@ -127,6 +129,8 @@ def main() -> None:
                          "prior_recent_share": args.prior_recent_share, "report": report})
             cells = [" / ".join(f"{value(report, path, side):.4g}"
                                 for side in ("guided", "unguided")) for _, path in COLUMNS]
+            cells.append(ratio_text(
+                (report.get("dynamics_ratio") or {}).get("next_obs_normalised_mse")))
             ratio = (report.get("transition_probe") or {}).get("ratio") or {}
             cells.append(" / ".join(f"{ratio[k]:.3g}" if ratio.get(k) is not None else "n/a"
                                     for k in ("next_obs_normalised_mse", "reward_mse")))

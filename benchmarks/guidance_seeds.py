@@ -37,13 +37,14 @@ from edis_core.analytic import (
     realised_shift,
 )
 from edis_core.config import build
+from edis_core.diagnostics import ratio_text
 from edis_core.diffusion.prior import DiffusionPrior
 from edis_core.energy.guidance import EnergyTerm
 from edis_core.generator import guidance_hook
 from edis_core.generator_config import EDISConfig
 from edis_core.training.checkpoint import checkpoint_path
 from edis_core.training.config import TrainConfig
-from edis_core.training.diagnose import diagnose_run
+from edis_core.training.diagnose import BENCHMARK_SAMPLES, diagnose_run
 from edis_core.training.trainer import CONFIG_FILE, Trainer, read_run_config
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
@@ -67,10 +68,6 @@ PROBE = (  # the transition energy: errors with w_T > 0 over errors with w_T = 0
                                     "next_obs_normalised_mse")),
     ("prior at d^π: r MSE", ("prior_at_policy_states", "dynamics", "reward_mse")),
 )
-# Guided and unguided samples per diagnosis, each checked against the simulator: at 10,000 the
-# s' ratio of one run moved by up to ±0.07 between draws; 100,000 narrow its 95% interval to
-# about ±0.03.
-SAMPLES = 100_000
 # Bumped when the diagnosis report gains content, so that cached diagnoses are redone.
 REPORT_VERSION = 3
 
@@ -95,7 +92,7 @@ def train(run_dir: Path, agent: str, seed: int, profile: str, overrides: list[st
         raise SystemExit(f"{run_dir}: training was interrupted")
 
 
-def diagnosis(run_dir: Path, seed: int, samples: int = SAMPLES, held_out: int = 5_000,
+def diagnosis(run_dir: Path, seed: int, samples: int = BENCHMARK_SAMPLES, held_out: int = 5_000,
               transition_weight: float = 1.0) -> dict[str, Any]:
     """`diagnose_run` of the finished run, kept in the run's folder so that a table split over
     several invocations (e.g. one per core) is assembled without diagnosing again."""
@@ -150,12 +147,6 @@ def cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def ratio_cell(interval: dict[str, float] | None) -> str:
-    if interval is None:
-        return "n/a"
-    return f"{interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = [f"{name} guided / unguided" for name, _, _ in METRICS]
     columns += [f"{name} [95%]" for name, _ in RATIOS] + [name for name, _ in PROBE]
@@ -165,7 +156,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         cells = [f"{cell(row[name]['guided'])} / {cell(row[name]['unguided'])}"
                  for name, _, _ in METRICS]
-        cells += [ratio_cell(row[name]) for name, _ in RATIOS]
+        cells += [ratio_text(row[name]) for name, _ in RATIOS]
         cells += [cell(row[name]) for name, _ in PROBE]
         cells.append(f"{row['toy']['exact']:.3f} / {row['toy']['learned']:.3f}")
         cells.append(", ".join(key for key, value in row["verdict"].items() if value) or "none")
@@ -181,7 +172,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. edis.w_policy=0.2")
     parser.add_argument("--runs-root", type=Path, default=Path("runs/guidance"))
-    parser.add_argument("--samples", type=int, default=SAMPLES,
+    parser.add_argument("--samples", type=int, default=BENCHMARK_SAMPLES,
                         help="guided and unguided samples per diagnosis (default %(default)s)")
     parser.add_argument("--held-out", type=int, default=5_000,
                         help="transitions of fresh episodes of the current policy")

@@ -309,6 +309,13 @@ def ratio_interval(mean_a: float, stderr_a: float, mean_b: float,
             "high": ratio * float(np.exp(spread))}
 
 
+def ratio_text(interval: dict[str, float] | None) -> str:
+    """A `ratio_interval` for a table: '1.083 [1.052, 1.115]', or 'n/a'."""
+    if interval is None:
+        return "n/a"
+    return f"{interval['ratio']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
 # --- (d) validity ----------------------------------------------------------------------------
 
 _CHECKED = ("observations", "actions", "rewards", "next_observations")

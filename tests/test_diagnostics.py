@@ -17,6 +17,7 @@ from edis_core.diagnostics import (
     mmd,
     policy_log_likelihood,
     ratio_interval,
+    ratio_text,
     relative_policy_score,
     scale_actions,
     validity,
@@ -228,7 +229,8 @@ def test_ratio_interval_closed_form_and_coverage_on_heavy_tails():
     spread = 1.959964 * np.hypot(0.05, 0.05)
     assert interval == pytest.approx({"ratio": 2.0, "low": 2.0 * np.exp(-spread),
                                       "high": 2.0 * np.exp(spread)})
-    assert ratio_interval(0.0, 0.1, 1.0, 0.1) is None
+    assert ratio_interval(0.0, 0.1, 1.0, 0.1) is None and ratio_text(None) == "n/a"
+    assert ratio_text(interval) == "2.000 [1.741, 2.297]"
     # Squared errors are heavy-tailed: log-normal per-row errors (q99 ≈ 8x the mean), true
     # ratio of means 1.1; the interval should cover it about 95% of the time.
     rng = np.random.default_rng(0)
