@@ -22,6 +22,8 @@ from typing import Any
 
 from guidance_seeds import diagnosis
 
+from edis_core.diagnostics import ratio_text
+from edis_core.training.diagnose import BENCHMARK_SAMPLES
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
 COMMANDS = ("train", "run")
@@ -76,6 +78,7 @@ def row(command: str, seed: int, run_dir: Path, summary: dict, report: dict) -> 
         "wall_s": wall_clock(run_dir),
         "online_updates_per_s": online_updates_per_s(run_dir, summary),
         "verdict": report["verdict"],
+        "next_state_ratio": (report.get("dynamics_ratio") or {}).get("next_obs_normalised_mse"),
     }
 
 
@@ -85,13 +88,15 @@ def cell(seconds: float | None) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print("| seed | command | offline return | final return (normalised) | online steps | "
-          "diagnosis: guided better on | wall clock s | online phase s | updates/s online |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "diagnosis: guided better on | s' ratio [95%] | wall clock s | online phase s | "
+          "updates/s online |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["seed"], r["command"])):
         better = ", ".join(k for k, v in r["verdict"].items() if v) or "none"
         print(f"| {r['seed']} | {r['command']} | {r['offline_return']:.1f} | "
               f"{r['final_return']:.1f} ({r['final_score']:.1f}) | {r['online_steps']:,} | "
-              f"{better} | {cell(r['wall_s'])} | {r['phase_s']['online']:.0f} | "
+              f"{better} | {ratio_text(r['next_state_ratio'])} | {cell(r['wall_s'])} | "
+              f"{r['phase_s']['online']:.0f} | "
               f"{r['online_updates_per_s']:.0f} |")
 
 
@@ -100,7 +105,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs-root", type=Path, default=Path("runs/runtime-seeds"))
-    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=BENCHMARK_SAMPLES,
+                        help="guided and unguided samples per diagnosis (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("results/runtime_seeds.json"))
     args = parser.parse_args()
     ensure_demo_dataset()
