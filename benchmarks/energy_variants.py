@@ -21,10 +21,10 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from guidance_seeds import cell, metric
 
 from edis_core.config import from_dict, merge, nest, parse_override
 from edis_core.diagnostics import ratio_text
@@ -85,12 +85,6 @@ def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
     return report
 
 
-def value(report: dict[str, Any], path: tuple[str, ...], side: str) -> float | None:
-    for key in path:
-        report = report.get(key.format(side=side)) if isinstance(report, dict) else None
-    return None if report is None else float(report)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
@@ -129,10 +123,9 @@ def main() -> None:
                          "energy_seed": args.energy_seed,
                          "prior_steps": args.prior_steps,
                          "prior_recent_share": args.prior_recent_share, "report": report})
-            cells = [" / ".join(f"{value(report, path, side):.4g}"
+            cells = [" / ".join(cell(metric(report, path, side))
                                 for side in ("guided", "unguided")) for _, path in COLUMNS]
-            cells.append(ratio_text(
-                (report.get("dynamics_ratio") or {}).get("next_obs_normalised_mse")))
+            cells.append(ratio_text(report["dynamics_ratio"]["next_obs_normalised_mse"]))
             ratio = (report.get("transition_probe") or {}).get("ratio") or {}
             cells.append(" / ".join(f"{ratio[k]:.3g}" if ratio.get(k) is not None else "n/a"
                                     for k in ("next_obs_normalised_mse", "reward_mse")))

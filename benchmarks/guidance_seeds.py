@@ -71,7 +71,7 @@ PROBE = (  # the transition energy: errors with w_T > 0 over errors with w_T = 0
     ("prior at d^π: r MSE", ("prior_at_policy_states", "dynamics", "reward_mse")),
 )
 # Bumped when the diagnosis report gains content, so that cached diagnoses are redone.
-REPORT_VERSION = 3
+REPORT_VERSION = 4
 
 
 def train(run_dir: Path, agent: str, seed: int, profile: str, overrides: list[str]) -> None:

@@ -78,7 +78,7 @@ def row(command: str, seed: int, run_dir: Path, summary: dict, report: dict) -> 
         "wall_s": wall_clock(run_dir),
         "online_updates_per_s": online_updates_per_s(run_dir, summary),
         "verdict": report["verdict"],
-        "next_state_ratio": (report.get("dynamics_ratio") or {}).get("next_obs_normalised_mse"),
+        "next_state_ratio": report["dynamics_ratio"]["next_obs_normalised_mse"],
     }
 
 

@@ -203,9 +203,19 @@ class SyntheticGenerator:
     # ----- sampling ------------------------------------------------------------------------
     def seed_sampling(self, seed: int) -> None:
         """Restart the random streams of sampling (the prior's and the guidance's) from
-        `seed`, so that a loaded generator can draw independent batches on request."""
+        `seed`, so that a loaded generator can draw independent batches on request. Training
+        draws from the same streams, so a run that goes on training is no longer the one its
+        seed made."""
         self.prior.generator.manual_seed(seed)
         self.rng.manual_seed(seed + 2)
+
+    def sampling_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the random streams of sampling are: `restore_sampling` repeats a draw."""
+        return self.prior.generator.get_state(), self.rng.get_state()
+
+    def restore_sampling(self, state: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.prior.generator.set_state(state[0])
+        self.rng.set_state(state[1])
 
     def generate(self, n: int, guided: bool | None = None) -> Transitions:
         """Up to n transitions in raw units (rows with NaN/inf are dropped and counted in

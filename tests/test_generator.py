@@ -181,15 +181,22 @@ def test_zero_weights_reproduce_unguided_sampling_exactly():
     assert not np.array_equal(gen.generate(60, guided=True).observations, unguided.observations)
 
 
-def test_seed_sampling_repeats_a_draw_and_other_seeds_draw_anew():
-    gen = trained()
+@pytest.mark.parametrize("overrides", [{}, {"factorized_guidance": True, "w_transition": 1.0}])
+def test_seed_sampling_repeats_a_draw_and_other_seeds_draw_anew(overrides):
+    # factorised guidance also draws from the guidance stream, joint guidance only the prior's
+    gen = trained(**overrides)
     gen.seed_sampling(3)
     first = gen.generate(40, guided=True)
-    gen.generate(40, guided=True)  # the streams advance
+    state = gen.sampling_state()
+    second = gen.generate(40, guided=True)  # the streams advance
     gen.seed_sampling(3)
     again = gen.generate(40, guided=True)
-    np.testing.assert_array_equal(first.observations, again.observations)
-    np.testing.assert_array_equal(first.rewards, again.rewards)
+    gen.restore_sampling(state)
+    second_again = gen.generate(40, guided=True)
+    for a, b in ((first, again), (second, second_again)):
+        np.testing.assert_array_equal(a.observations, b.observations)
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+    assert not np.array_equal(second.observations, first.observations)
     gen.seed_sampling(4)
     assert not np.array_equal(gen.generate(40, guided=True).observations, first.observations)
 

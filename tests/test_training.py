@@ -12,6 +12,7 @@ import yaml
 from edis_core.config import build
 from edis_core.training.checkpoint import CheckpointError
 from edis_core.training.config import TrainConfig
+from edis_core.training.diagnose import diagnose_run
 from edis_core.training.trainer import Trainer
 
 TINY = ["offline_steps=40", "online_steps=300", "offline_eval_every=40",
@@ -123,6 +124,22 @@ def test_sigterm_checkpoints_and_resume_continues_at_the_same_step(hopper_datase
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["kind"] == "train" and r["phase"] == "online"]
     assert train_steps == [50, 100, 150, 200, 250, 300]
+
+
+def test_diagnosis_seed_repeats_the_draw_and_other_seeds_draw_anew(hopper_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer.create(tiny_config(hopper_dataset, "iql", "edis", ["online_steps=120"]),
+                   run_dir).run()
+    first, again, other = (diagnose_run(run_dir, samples=200, seed=seed, held_out=100)
+                           for seed in (0, 0, 1))
+    for key in ("guided", "unguided", "dynamics_ratio", "prior_at_policy_states"):
+        assert first[key] == again[key], key
+    dynamics = first["guided"]["dynamics"]
+    assert dynamics["n_samples"] + dynamics["n_nonfinite_skipped"] == 200  # every sample
+    for side in ("guided", "unguided"):
+        assert other[side]["dynamics"] != first[side]["dynamics"], side
+    # other held-out episodes too
+    assert other["guided"]["state_mmd_to_held_out"] != first["guided"]["state_mmd_to_held_out"]
 
 
 def test_create_refuses_an_existing_run_and_resume_needs_one(hopper_dataset, tmp_path):

@@ -25,9 +25,9 @@ from edis_core.training.trainer import Trainer
 from edis_core.transitions import Transitions
 
 HELD_OUT_SEED = 30_000  # env seeds of the held-out episodes: seed + this, unlike any run's
-# Samples a side for the guidance benchmarks' verdicts: at 10,000 (`edis diagnose`'s default,
-# quick) the s' ratio of one run moved by up to ±0.07 between draws; at 100,000 its 95%
-# interval is about ±0.03.
+# Samples a side for the guidance benchmarks' verdicts: on the demo runs the 95% interval of
+# the s' error ratio is ±0.02-0.04 at 100,000, hence ±0.07-0.14 at 10,000 (`edis diagnose`'s
+# default, quick).
 BENCHMARK_SAMPLES = 100_000
 
 
@@ -67,44 +67,62 @@ def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples:
     restarted from it), so diagnoses under other seeds are independent repeats. Every sample
     is checked against the simulator: `samples` sets the precision of the dynamics ratios.
 
-    The transition probe (when the generator has E_T) draws the guided batch again with the
-    same random numbers and w_T = `transition_weight` if the configured w_T is 0, else 0."""
+    The transition probe (when the generator has E_T): `transition_probe`."""
     episodes = collect_episodes(trainer.agent, trainer.env.spec.id, trainer.scaler,
                                 held_out, seed + HELD_OUT_SEED)
     generator.seed_sampling(seed)
-    states = (generator.prior.generator.get_state(), generator.rng.get_state())
+    start = generator.sampling_state()
     guided = generator.generate(samples, guided=True)
     unguided = generator.generate(samples, guided=False)
+    after = generator.sampling_state()
     probe = None
     if "transition" in generator.energies:
-        configured = generator.config.w_transition or 0.0
-        other = transition_weight if configured == 0 else 0.0
-        generator.prior.generator.set_state(states[0])
-        generator.rng.set_state(states[1])
-        generator.config.w_transition = other
-        try:
-            again = generator.generate(samples, guided=True)
-        finally:
-            generator.config.w_transition = configured
-        with_energy, without = (again, guided) if configured == 0 else (guided, again)
-        probe = (max(configured, other), to_env(with_energy, trainer.scaler),
-                 to_env(without, trainer.scaler))
+        generator.restore_sampling(start)
+        weight, with_energy, without = transition_probe(generator, guided, samples,
+                                                        transition_weight)
+        probe = (weight, to_env(with_energy, trainer.scaler), to_env(without, trainer.scaler))
+        generator.restore_sampling(after)  # the completion below gets random numbers of its own
     prior_at_policy = generator.complete(episodes)
     return compare(to_env(guided, trainer.scaler), to_env(unguided, trainer.scaler),
                    to_env(episodes, trainer.scaler), to_env(trainer.offline, trainer.scaler),
                    trainer.agent, trainer.env.spec.id, trainer.scaler.low, trainer.scaler.high,
-                   max_samples=max(samples, held_out), seed=seed,
+                   max_samples=max(samples, len(episodes)), seed=seed,
                    positives=to_env(trainer.positive.contents(), trainer.scaler),
                    transition_probe=probe,
                    prior_at_policy_states=to_env(prior_at_policy, trainer.scaler))
 
 
+def transition_probe(generator: SyntheticGenerator, guided: Transitions, samples: int,
+                     transition_weight: float) -> tuple[float, Transitions, Transitions]:
+    """(w_T, batch with E_T, batch without): `guided` and the guided batch drawn again, from
+    the sampling state it was drawn from, with w_T = `transition_weight` if the configured
+    w_T is 0, else 0."""
+    configured = generator.config.w_transition or 0.0
+    other = transition_weight if configured == 0 else 0.0
+    generator.config.w_transition = other
+    try:
+        again = generator.generate(samples, guided=True)
+    finally:
+        generator.config.w_transition = configured
+    with_energy, without = (again, guided) if configured == 0 else (guided, again)
+    return max(configured, other), with_energy, without
+
+
 def collect_episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,
                      seed: int) -> Transitions:
     """Whole episodes of `agent` acting as it does in training (exploration on), at least
-    `transitions` rows; actions in the agent's [-1, 1], as the buffers hold them."""
+    `transitions` rows; actions in the agent's [-1, 1], as the buffers hold them. `seed`
+    sets the env and the exploration noise, so the same seed gives the same episodes
+    whatever the caller drew before."""
     if transitions < 1:
         raise ValueError(f"held-out transitions must be >= 1, got {transitions}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _episodes(agent, env_id, scaler, transitions, seed)
+
+
+def _episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,
+              seed: int) -> Transitions:
     env = make_env(env_id, seed)
     episodes, rows = [], 0
     try:
