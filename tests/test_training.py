@@ -140,6 +140,11 @@ def test_diagnosis_seed_repeats_the_draw_and_other_seeds_draw_anew(hopper_datase
         assert other[side]["dynamics"] != first[side]["dynamics"], side
     # other held-out episodes too
     assert other["guided"]["state_mmd_to_held_out"] != first["guided"]["state_mmd_to_held_out"]
+    # the transition probe redraws the guided batch from the same random numbers: with
+    # w_T = 0 on both sides it is the same batch
+    same = diagnose_run(run_dir, samples=200, seed=0, held_out=100, transition_weight=0.0)
+    assert same["transition_probe"]["ratio"] == {"next_obs_normalised_mse": 1.0,
+                                                 "reward_mse": 1.0}
 
 
 def test_create_refuses_an_existing_run_and_resume_needs_one(hopper_dataset, tmp_path):

@@ -77,8 +77,7 @@ def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples:
     after = generator.sampling_state()
     probe = None
     if "transition" in generator.energies:
-        generator.restore_sampling(start)
-        weight, with_energy, without = transition_probe(generator, guided, samples,
+        weight, with_energy, without = transition_probe(generator, guided, start, samples,
                                                         transition_weight)
         probe = (weight, to_env(with_energy, trainer.scaler), to_env(without, trainer.scaler))
         generator.restore_sampling(after)  # the completion below gets random numbers of its own
@@ -92,13 +91,15 @@ def diagnose_generator(trainer: Trainer, generator: SyntheticGenerator, samples:
                    prior_at_policy_states=to_env(prior_at_policy, trainer.scaler))
 
 
-def transition_probe(generator: SyntheticGenerator, guided: Transitions, samples: int,
+def transition_probe(generator: SyntheticGenerator, guided: Transitions,
+                     drawn_from: tuple[torch.Tensor, torch.Tensor], samples: int,
                      transition_weight: float) -> tuple[float, Transitions, Transitions]:
-    """(w_T, batch with E_T, batch without): `guided` and the guided batch drawn again, from
-    the sampling state it was drawn from, with w_T = `transition_weight` if the configured
-    w_T is 0, else 0."""
+    """(w_T, batch with E_T, batch without): `guided` and the guided batch drawn again from
+    the same sampling state (`drawn_from`, a `sampling_state`), with w_T =
+    `transition_weight` if the configured w_T is 0, else 0."""
     configured = generator.config.w_transition or 0.0
     other = transition_weight if configured == 0 else 0.0
+    generator.restore_sampling(drawn_from)
     generator.config.w_transition = other
     try:
         again = generator.generate(samples, guided=True)
