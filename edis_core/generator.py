@@ -100,7 +100,8 @@ class SyntheticGenerator:
                     ).to(self.device)
         if self.energies:
             self._check_guidance_interval()
-        self.rng = torch.Generator(self.device).manual_seed(seed + 2)
+        self.rng = torch.Generator(self.device)
+        self.seed_sampling(seed)
         self.energy_training = EnergyTraining(
             self.energies,
             self.energy_dims,
