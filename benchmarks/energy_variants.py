@@ -75,6 +75,7 @@ def evaluate(run_dir: Path, overrides: list[str], samples: int, held_out: int,
         if recent_share is None:
             recent_share = trainer.config.schedule.prior_recent_share
         rows = prior_rows(trainer.offline, online, positives, recent_share,
+                          trainer.config.schedule.prior_offline_rows,
                           np.random.default_rng(seed))
         generator.train_prior(rows, prior_steps)
     real = online.take(slice(max(0, len(online) - trainer.config.schedule.real_sample), None))

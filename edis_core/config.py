@@ -98,6 +98,8 @@ def _coerce(hint: Any, value: Any, path: str, allow_inf: bool = False) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            value = _number(value, path)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         if math.isnan(value) or (math.isinf(value) and not allow_inf):
@@ -108,6 +110,14 @@ def _coerce(hint: Any, value: Any, path: str, allow_inf: bool = False) -> Any:
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _number(text: str, path: str) -> float:
+    """A number YAML 1.1 left as a string: `1e-4` (an exponent without a dot) is one."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{path}: expected a number, got {text!r}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

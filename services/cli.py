@@ -108,7 +108,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", choices=["iql", "calql"])
     parser.add_argument("--dataset")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--synthetic", choices=["none", "unguided", "edis"])
+    parser.add_argument("--synthetic", choices=["none", "unguided", "edis", "oracle"],
+                        help="none, unguided, edis, or oracle (real on-policy transitions in "
+                             "the synthetic slot: the benchmark's positive control)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--run-dir")
     parser.add_argument("--profile", help="a YAML profile under configs/ (default: default)")

@@ -49,6 +49,35 @@ def make(name: str, **overrides) -> IQLAgent | CalQLAgent:
     return make_agent(name, config, OBS_DIM, ACT_DIM, "cpu")
 
 
+def gram(weight: torch.Tensor) -> torch.Tensor:
+    """W Wᵀ or Wᵀ W, whichever is the smaller square, of an (out, in) weight."""
+    return weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
+
+
+def test_calql_starts_as_corl_does_orthogonal_layers_and_log_std_near_minus_one():
+    agent = make("calql")
+    critics = agent.critic.net
+    for weight, bias in zip(critics.weights, critics.biases, strict=True):
+        for member in range(critics.members):
+            w = weight[member].T.detach()                          # (out, in)
+            torch.testing.assert_close(gram(w), 2.0 * torch.eye(min(w.shape)), atol=1e-5,
+                                       rtol=0)
+        assert not bias.any()
+    assert not torch.equal(critics.weights[0][0], critics.weights[0][1])  # members differ
+    linears = [m for m in agent.actor.net if isinstance(m, torch.nn.Linear)]
+    for layer in linears:
+        torch.testing.assert_close(gram(layer.weight.detach()),
+                                   2.0 * torch.eye(min(layer.weight.shape)), atol=1e-5, rtol=0)
+    head = linears[-1].bias.detach()
+    assert torch.equal(head[:ACT_DIM], torch.zeros(ACT_DIM))
+    assert torch.equal(head[ACT_DIM:], torch.full((ACT_DIM,), -1.0))
+    # SAC's behaviour recipe keeps nn.Linear's uniform initialisation
+    plain = make("calql", orthogonal_init=False, log_std_offset=0.0)
+    first = plain.critic.net.weights[0][0].T.detach()
+    assert not torch.allclose(gram(first), 2.0 * torch.eye(min(first.shape)), atol=0.1)
+    assert first.abs().max() <= 1 / math.sqrt(OBS_DIM + ACT_DIM)
+
+
 # --- IQL's expectile loss -------------------------------------------------------------------
 
 def test_expectile_half_is_half_squared_error():
@@ -270,7 +299,7 @@ def test_calql_lagrange_multiplier_moves_against_the_gap():
 # --- state round trip ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "overrides"), [
-    ("iql", {"actor_lr_decay_steps": 10}),
+    ("iql", {"actor_lr_cosine_steps": 10, "online_actor_lr": 1e-5}),
     ("calql", {}),
     ("calql", {"cql_lagrange": True, "autotune_alpha": False}),
 ])
@@ -299,15 +328,26 @@ def test_state_dict_round_trip_is_bit_identical(name, overrides):
                 assert torch.equal(tensor, twin.state_dict()[key][param]), (key, param)
 
 
-def test_iql_actor_learning_rate_follows_cosine():
-    agent = make("iql", actor_lr=1e-3, actor_lr_decay_steps=4)
+def test_iql_actor_learning_rate_follows_corls_cosine_and_keeps_stepping_online():
+    """CosineAnnealingLR(T_max = T) as CORL steps it: lr·(1 + cos(πk/T))/2, which past T
+    rises again; an online actor lr replaces the schedule once the agent is online."""
+    agent = make("iql", actor_lr=1e-3, actor_lr_cosine_steps=4)
     lrs = []
-    for _ in range(6):
+    for _ in range(7):
         agent.update(random_batch())
         lrs.append(agent.optimizer.param_groups[2]["lr"])
-    np.testing.assert_allclose(lrs, [1e-3, 1e-3 * (1 + math.cos(math.pi / 4)) / 2, 5e-4,
-                                     1e-3 * (1 + math.cos(3 * math.pi / 4)) / 2, 0.0, 0.0],
-                               atol=1e-12)
+    np.testing.assert_allclose(lrs, [1e-3 * (1 + math.cos(math.pi * k / 4)) / 2
+                                     for k in range(7)], atol=1e-12)
+    assert lrs[4] == pytest.approx(0.0, abs=1e-12) and lrs[6] == pytest.approx(5e-4)
+    agent.start_online()
+    agent.update(random_batch())
+    assert agent.optimizer.param_groups[2]["lr"] == pytest.approx(1e-3 * (1 + math.cos(
+        math.pi * 7 / 4)) / 2)                      # no online rate: the schedule goes on
+    fixed = make("iql", actor_lr=1e-3, actor_lr_cosine_steps=4, online_actor_lr=2e-5)
+    fixed.update(random_batch())
+    fixed.start_online()
+    fixed.update(random_batch())
+    assert fixed.optimizer.param_groups[2]["lr"] == 2e-5
 
 
 # --- acting interface ---------------------------------------------------------------------------
@@ -446,7 +486,8 @@ def test_frozen_q_passes_gradient_to_actions_only(recycle):
 @pytest.mark.parametrize(("cls", "field", "value"), [
     (IQLConfig, "expectile", 1.0), (IQLConfig, "gamma", 0.0), (IQLConfig, "hidden", ()),
     (IQLConfig, "actor_lr", 0.0), (IQLConfig, "target_update_rate", 1.5),
-    (IQLConfig, "actor_lr_decay_steps", -1),
+    (IQLConfig, "actor_lr_cosine_steps", -1), (IQLConfig, "online_actor_lr", 0.0),
+    (IQLConfig, "online_batch", "half"), (CalQLConfig, "online_batch", "half"),
     (CalQLConfig, "cql_n_actions", 0), (CalQLConfig, "cql_alpha", -1.0),
     (CalQLConfig, "cql_temperature", 0.0), (CalQLConfig, "actor_hidden", (256, 0)),
     (CalQLConfig, "reward_scale", 0.0), (CalQLConfig, "init_alpha", 0.0),

@@ -67,7 +67,8 @@ def test_unknown_profile_lists_available():
 
 
 @pytest.mark.parametrize("override", ["offline_ratio=1.5", "batch_size=0", "device=tpu",
-                                      "schedule.ratio=1.0", "schedule.prior_recent_share=1.0",
+                                      "schedule.ratio=1.5", "schedule.prior_recent_share=1.0",
+                                      "sampling_seed=-1", "schedule.prior_offline_rows=-1",
                                       "schedule.prior_recent_share=-0.1"])
 def test_train_config_validation(override):
     with pytest.raises(ConfigError):
@@ -79,6 +80,15 @@ def test_synthetic_schedule_rejects_refresh_larger_than_buffer():
         SyntheticSchedule(samples_per_refresh=10, buffer_size=5)
 
 
-@pytest.mark.parametrize("profile", ["default", "smoke", "demo", "paper"])
+def test_numbers_yaml_reads_as_strings_are_accepted_and_words_are_not():
+    """YAML 1.1 reads `1e-4` (an exponent without a dot) as a string; float() reads it."""
+    cfg = build(TrainConfig, None, {}, ["iql.actor_lr=1e-4", "iql.online_actor_lr=3E-5"])
+    assert (cfg.iql.actor_lr, cfg.iql.online_actor_lr) == (1e-4, 3e-5)
+    for bad in ("iql.actor_lr=fast", "iql.actor_lr=nan"):
+        with pytest.raises(ConfigError, match=r"iql\.actor_lr"):
+            build(TrainConfig, None, {}, [bad])
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke", "demo", "paper", "bench"])
 def test_every_shipped_profile_is_valid(profile):
     assert isinstance(build(TrainConfig, profile, {}, []), TrainConfig)

@@ -7,6 +7,7 @@ import signal
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from edis_core.config import build
@@ -171,16 +172,34 @@ def test_online_prior_data_is_all_online_rows_as_many_offline_rows_and_the_recen
     offline, online = Transitions.empty(2, 1, 100), Transitions.empty(2, 1, 30)
     recent, none = Transitions.empty(2, 1, 7), Transitions.empty(2, 1, 0)
     offline.rewards[:], online.rewards[:], recent.rewards[:] = 0.0, 1.0, 5.0
-    mixed = prior_rows(offline, online, recent, 0.0, np.random.default_rng(0))
+    mixed = prior_rows(offline, online, recent, 0.0, 0, np.random.default_rng(0))
     assert len(mixed) == 60 and mixed.rewards.sum() == 30
-    few_offline = prior_rows(offline.take(slice(0, 10)), online, recent, 0.0,
+    few_offline = prior_rows(offline.take(slice(0, 10)), online, recent, 0.0, 0,
                              np.random.default_rng(0))
     assert len(few_offline) == 40
     # A quarter of the rows from the positive buffer: 20 beside the 60 balanced ones.
-    weighted = prior_rows(offline, online, recent, 0.25, np.random.default_rng(0))
+    weighted = prior_rows(offline, online, recent, 0.25, 0, np.random.default_rng(0))
     assert len(weighted) == 80 and (weighted.rewards == 5.0).sum() == 20
     assert (weighted.rewards == 1.0).sum() == 30 and (weighted.rewards == 0.0).sum() == 30
-    assert len(prior_rows(offline, online, none, 0.25, np.random.default_rng(0))) == 60
+    assert len(prior_rows(offline, online, none, 0.25, 0, np.random.default_rng(0))) == 60
+
+
+def test_online_prior_training_never_draws_fewer_offline_rows_than_its_floor():
+    """With few online rows the prior must keep training on the dataset, not on a subsample
+    as small as the online data (one row after the first online step)."""
+    from edis_core.training.synthetic import prior_rows
+    from edis_core.transitions import Transitions
+
+    offline, recent = Transitions.empty(2, 1, 100), Transitions.empty(2, 1, 0)
+    first_step = Transitions.empty(2, 1, 1)
+    offline.rewards[:], first_step.rewards[:] = 0.0, 1.0
+    rows = prior_rows(offline, first_step, recent, 0.0, 80, np.random.default_rng(0))
+    assert (rows.rewards == 0.0).sum() == 80 and (rows.rewards == 1.0).sum() == 1
+    # a floor above the dataset takes the whole dataset's size; many online rows lift it
+    assert (prior_rows(offline, first_step, recent, 0.0, 500,
+                       np.random.default_rng(0)).rewards == 0.0).sum() == 100
+    many = Transitions.empty(2, 1, 90)
+    assert len(prior_rows(offline, many, recent, 0.0, 80, np.random.default_rng(0))) == 180
 
 
 def test_a_crash_between_checkpoint_renames_falls_back_to_the_previous_one(hopper_dataset,
@@ -224,3 +243,87 @@ def test_runs_share_one_offline_checkpoint_through_offline_from(hopper_dataset, 
     with pytest.raises(CheckpointError, match="offline_steps differ"):
         Trainer.create(tiny_config(hopper_dataset, "calql", extra=[
             f"offline_from={source}", "offline_steps=41"]), tmp_path / "other")
+
+
+def synthetic_records(run_dir) -> list[dict]:
+    return [r for r in (json.loads(line) for line in
+                        (run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "synthetic"]
+
+
+def test_unguided_refreshes_wait_for_as_many_online_rows_as_guided_ones(hopper_dataset,
+                                                                         tmp_path):
+    """Without the gate the unguided prior trained at online step 1 on two rows (one
+    offline, one online) and its collapsed samples fed the agent until the next refresh."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer.create(tiny_config(hopper_dataset, "iql", "unguided"), run_dir)
+    trainer.run()
+    first = synthetic_records(run_dir)[0]
+    assert first["step"] >= 50                      # schedule.min_positive in TINY_SYNTHETIC
+    episodes = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text()
+                .splitlines() if '"episode"' in line]
+    assert sum(e["length"] for e in episodes if e["step"] <= first["step"]) >= 50
+
+
+def test_the_oracle_fills_the_synthetic_slot_with_real_on_policy_transitions(hopper_dataset,
+                                                                            tmp_path):
+    from edis_core.diagnostics import dynamics_fidelity
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer.create(tiny_config(hopper_dataset, "iql", "oracle"), run_dir)
+    summary = trainer.run()
+    assert summary["status"] == "completed"
+    assert summary["steps"] == {"prior": 0, "offline": 40, "online": 300}  # no prior, and
+    refreshes = synthetic_records(run_dir)                  # its steps are not env steps
+    assert refreshes and all(r["generated"] == 256 for r in refreshes)
+    assert refreshes[0]["step"] >= 50
+    rows = trainer.synthetic.buffer.contents()
+    assert len(rows) > 0 and np.all(np.isneginf(rows.mc_returns))
+    # real transitions: the simulator set to each s and stepped with a gives its s' and r
+    fidelity = dynamics_fidelity("Hopper-v5", rows, max_samples=200, seed=0)
+    assert fidelity["next_obs_mse"] < 1e-8 and fidelity["reward_mse"] < 1e-8
+    resumed = Trainer.inspect(run_dir)
+    assert resumed.supply.refreshes == trainer.supply.refreshes == len(refreshes)
+    assert resumed.synthetic.version == len(refreshes)
+
+
+def test_runs_share_the_offline_prior_as_well_as_the_agent(hopper_dataset, tmp_path):
+    source = tmp_path / "offline"
+    Trainer.create(tiny_config(hopper_dataset, "iql", "unguided", ["online_steps=0"]),
+                   source).run()
+    run_dir = tmp_path / "edis"
+    trainer = Trainer.create(tiny_config(hopper_dataset, "iql", "edis",
+                                         [f"offline_from={source}", "online_steps=0"]), run_dir)
+    summary = trainer.run()
+    assert summary["steps"]["prior"] == 60
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "train" and r["phase"] == "prior"]
+    theirs = Trainer.inspect(source).generator.prior.denoiser.state_dict()
+    ours = trainer.generator.prior.denoiser.state_dict()
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    # a prior trained with other settings is not taken: the run trains its own
+    other = Trainer.create(tiny_config(hopper_dataset, "iql", "edis", [
+        f"offline_from={source}", "online_steps=0", "edis.diffusion.train_steps=30"]),
+        tmp_path / "own")
+    other.run()
+    own = [json.loads(line) for line in (tmp_path / "own" / "metrics.jsonl").read_text()
+           .splitlines()]
+    assert [r["step"] for r in own if r["kind"] == "train" and r["phase"] == "prior"] == [30]
+
+
+def test_a_sampling_seed_changes_the_learners_draws_but_not_its_environments(hopper_dataset,
+                                                                            tmp_path):
+    """The A/A control: two `none` runs from one offline checkpoint that differ only in
+    their own random draws."""
+    source = tmp_path / "offline"
+    Trainer.create(tiny_config(hopper_dataset, "iql", extra=["online_steps=0"]), source).run()
+    replays = {}
+    for name, seed in (("a", None), ("b", 7), ("c", 7)):
+        extra = [f"offline_from={source}"] + ([f"sampling_seed={seed}"] if seed else [])
+        trainer = Trainer.create(tiny_config(hopper_dataset, "iql", extra=extra), tmp_path / name)
+        trainer.run()
+        replays[name] = trainer.replay.contents()
+    a, b, c = replays["a"], replays["b"], replays["c"]
+    np.testing.assert_array_equal(a.observations[0], b.observations[0])   # same env reset
+    assert not np.array_equal(a.actions[:50], b.actions[:50])            # other noise
+    np.testing.assert_array_equal(b.actions, c.actions)                  # repeatable

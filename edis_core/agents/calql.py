@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -42,6 +42,10 @@ from edis_core.transitions import Batch
 
 @dataclass
 class CalQLConfig:
+    """Defaults are CORL's Cal-QL (algorithms/finetune/cal_ql.py): its learning rates, α = 10
+    offline and online, orthogonal init, log σ offset −1, calibration off online, 50/50
+    offline/online batches from the first online step."""
+
     critic_hidden: tuple[int, ...] = (256, 256)
     """Critic widths; CORL's Cal-QL default (q_n_hidden_layers=2)."""
     actor_hidden: tuple[int, ...] = (256, 256, 256)
@@ -50,11 +54,16 @@ class CalQLConfig:
     critic_bf16: bool = False
     """bfloat16 matmuls in the critics' hidden layers (networks.StackedMLP): ~2× faster updates
     on CPUs with AMX; its logged losses stay within 2% of float32's (tests/test_agents.py)."""
+    orthogonal_init: bool = True
+    """Every layer of the critics and the actor orthogonal (gain √2), biases 0; False:
+    nn.Linear's uniform initialisation."""
+    log_std_offset: float = -1.0
+    """Where the actor's log σ starts (added to the log-σ head's bias at initialisation)."""
     gamma: float = 0.99
     target_update_rate: float = 0.005
     critic_lr: float = 3e-4
-    actor_lr: float = 1e-4
-    alpha_lr: float = 1e-4
+    actor_lr: float = 3e-5
+    alpha_lr: float = 3e-5
     """Learning rate of log α (SAC temperature) and of the CQL Lagrange multiplier."""
     autotune_alpha: bool = True
     init_alpha: float = 1.0
@@ -63,9 +72,9 @@ class CalQLConfig:
     """H̄ of the temperature loss; None means −act_dim."""
     cql_n_actions: int = 10
     """K: actions drawn per source (uniform, π(·|s), π(·|s')) for the log-sum-exp."""
-    cql_alpha: float = 5.0
-    """Weight of the conservative term offline (Cal-QL's AntMaze value)."""
-    cql_alpha_online: float = 5.0
+    cql_alpha: float = 10.0
+    """Weight of the conservative term offline."""
+    cql_alpha_online: float = 10.0
     cql_temperature: float = 1.0
     cql_importance_sample: bool = True
     cql_lagrange: bool = False
@@ -73,12 +82,21 @@ class CalQLConfig:
     cql_target_action_gap: float = 5.0
     """Target of the conservative gap when cql_lagrange is on (CQL's τ)."""
     calibrate_offline: bool = True
-    calibrate_online: bool = True
-    """Keep the Monte-Carlo floor online (rows whose return is not known yet carry -inf)."""
+    calibrate_online: bool = False
+    """Keep the Monte-Carlo floor online (rows whose return is not known yet carry -inf);
+    CORL switches it off when fine-tuning starts."""
+    online_batch: Literal["uniform", "fixed"] = "fixed"
+    """How online batches draw on offline and online replay (training/mixing.py): a fixed
+    share `offline_ratio` offline, as CORL fine-tunes Cal-QL."""
     reward_scale: float = 1.0
     reward_bias: float = 0.0
     """r ← reward_scale·r + reward_bias inside the update; mc_returns must already be in these
     units (compute them from the transformed rewards)."""
+
+    online_only: ClassVar[tuple[str, ...]] = ("cql_alpha_online", "calibrate_online",
+                                              "online_batch")
+    """Fields that only act in the online phase: runs that differ in them can share one
+    offline pre-training (`offline_from`)."""
 
     def __post_init__(self) -> None:
         self.critic_hidden, self.actor_hidden = tuple(self.critic_hidden), tuple(self.actor_hidden)
@@ -104,6 +122,9 @@ class CalQLConfig:
                 raise ValueError(f"calql.{name} must be >= 0, got {getattr(self, name)}")
         if self.reward_scale == 0.0:
             raise ValueError("calql.reward_scale must be non-zero")
+        if self.online_batch not in ("uniform", "fixed"):
+            raise ValueError(f"calql.online_batch must be 'uniform' or 'fixed', "
+                             f"got {self.online_batch!r}")
 
 
 def calibrated_cql_gap(q_data: torch.Tensor, q_random: torch.Tensor, q_current: torch.Tensor,
@@ -142,11 +163,15 @@ class CalQLAgent(ActorPolicy):
                                else config.target_entropy)
         self.critic = QEnsemble(obs_dim, act_dim, config.critic_hidden, config.n_critics,
                                 config.critic_bf16).to(self.device)
+        if config.orthogonal_init:
+            self.critic.net.orthogonal_()
         self.critic_target = QEnsemble(obs_dim, act_dim, config.critic_hidden, config.n_critics,
                                        config.critic_bf16)
         self.critic_target.to(self.device).load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.actor = TanhGaussianActor(obs_dim, act_dim, config.actor_hidden).to(self.device)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, config.actor_hidden,
+                                       config.orthogonal_init,
+                                       config.log_std_offset).to(self.device)
         self.log_alpha = torch.nn.Parameter(
             torch.tensor(math.log(config.init_alpha), device=self.device),
             requires_grad=config.autotune_alpha)

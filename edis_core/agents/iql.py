@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -46,8 +46,20 @@ class IQLConfig:
     critic_lr: float = 3e-4
     value_lr: float = 3e-4
     actor_lr: float = 3e-4
-    actor_lr_decay_steps: int = 0
-    """Cosine decay of the actor's learning rate to 0 over this many updates; 0 keeps it fixed."""
+    actor_lr_cosine_steps: int = 0
+    """T of the actor's cosine schedule as CORL steps it (CosineAnnealingLR, T_max = its
+    offline updates): actor_lr·(1 + cos(πk/T))/2 at update k, offline and online alike, so
+    past T it rises again. 0: the constant actor_lr."""
+    online_actor_lr: float | None = None
+    """A constant actor learning rate for the online phase instead; None: the offline rule
+    goes on."""
+    online_batch: Literal["uniform", "fixed"] = "uniform"
+    """How online batches draw on offline and online replay (training/mixing.py): uniformly
+    from their union, as CORL fine-tunes IQL."""
+
+    online_only: ClassVar[tuple[str, ...]] = ("online_actor_lr", "online_batch")
+    """Fields that only act in the online phase: runs that differ in them can share one
+    offline pre-training (`offline_from`)."""
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
@@ -70,9 +82,15 @@ class IQLConfig:
         for name in ("critic_lr", "value_lr", "actor_lr"):
             if getattr(self, name) <= 0.0:
                 raise ValueError(f"iql.{name} must be > 0, got {getattr(self, name)}")
-        if self.actor_lr_decay_steps < 0:
-            raise ValueError(f"iql.actor_lr_decay_steps must be >= 0, "
-                             f"got {self.actor_lr_decay_steps}")
+        if self.actor_lr_cosine_steps < 0:
+            raise ValueError(f"iql.actor_lr_cosine_steps must be >= 0, "
+                             f"got {self.actor_lr_cosine_steps}")
+        if self.online_actor_lr is not None and not self.online_actor_lr > 0.0:
+            raise ValueError(f"iql.online_actor_lr must be > 0 or null, "
+                             f"got {self.online_actor_lr}")
+        if self.online_batch not in ("uniform", "fixed"):
+            raise ValueError(f"iql.online_batch must be 'uniform' or 'fixed', "
+                             f"got {self.online_batch!r}")
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -101,13 +119,16 @@ class IQLAgent(ActorPolicy):
         ], self.device)
         self.steps = 0
         self.reward_scale = 1.0
+        self.online = False
 
     def _actor_lr(self) -> float:
-        decay = self.config.actor_lr_decay_steps
-        if decay == 0:
-            return self.config.actor_lr
-        progress = min(self.steps, decay) / decay
-        return self.config.actor_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        cfg = self.config
+        if self.online and cfg.online_actor_lr is not None:
+            return cfg.online_actor_lr
+        if cfg.actor_lr_cosine_steps == 0:
+            return cfg.actor_lr
+        return cfg.actor_lr * 0.5 * (1.0 + math.cos(math.pi * self.steps
+                                                     / cfg.actor_lr_cosine_steps))
 
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
@@ -142,7 +163,9 @@ class IQLAgent(ActorPolicy):
                          "advantage_mean", "weight_mean"), logs, strict=True))
 
     def start_online(self) -> None:
-        """IQL fine-tunes online with its offline objective unchanged."""
+        """IQL fine-tunes online with its offline objective unchanged; only the actor's
+        learning rate may follow its own online rule."""
+        self.online = True
 
     def set_normalization(self, obs_mean: torch.Tensor, obs_std: torch.Tensor,
                           reward_scale: float) -> None:
@@ -157,6 +180,7 @@ class IQLAgent(ActorPolicy):
                 "actor": self.actor.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "steps": self.steps,
+                "online": self.online,
                 "reward_scale": self.reward_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -166,4 +190,5 @@ class IQLAgent(ActorPolicy):
         self.actor.load_state_dict(state["actor"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
+        self.online = bool(state["online"])
         self.reward_scale = float(state["reward_scale"])

@@ -23,6 +23,15 @@ ACTION_EPS = 1e-6
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def orthogonal_init_(network: nn.Module, gain: float = math.sqrt(2.0)) -> None:
+    """Every nn.Linear of `network` orthogonal with `gain`, biases 0 (CORL's `orthogonal_init`,
+    which treats the output layer like the others)."""
+    for module in network.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.orthogonal_(module.weight, gain)
+            nn.init.zeros_(module.bias)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
     """Linear-ReLU layers of the given widths, then a linear output layer."""
     layers: list[nn.Module] = []
@@ -122,7 +131,8 @@ class StackedMLP(nn.Module):
     """E independent ReLU MLPs with stacked weights: (*lead, in) -> (E, *lead, out).
 
     All members read the same input rows. Each layer is initialised like nn.Linear, member by
-    member: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. Activations of at least
+    member: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases (`orthogonal_` re-draws
+    them as CORL's Cal-QL does). Activations of at least
     `recycle_min_elements` go through the hand-written backward and its buffer workspace.
 
     `hidden_bf16`: the hidden layers multiply in bfloat16 (autograd through casts of the
@@ -144,6 +154,17 @@ class StackedMLP(nn.Module):
             self.weights.append(torch.empty(members, fan_in, fan_out).uniform_(-bound, bound))
             self.biases.append(torch.empty(members, 1, fan_out).uniform_(-bound, bound))
         self.workspace = Workspace()
+
+    @torch.no_grad()
+    def orthogonal_(self, gain: float = math.sqrt(2.0)) -> StackedMLP:
+        """Every member's layers orthogonal with `gain`, biases 0 (CORL's `orthogonal_init`)."""
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            for member in range(self.members):
+                # nn.Linear keeps (out, in); the stacked layout is (in, out).
+                weight[member] = nn.init.orthogonal_(torch.empty(weight.shape[2],
+                                                                 weight.shape[1]), gain).T
+            bias.zero_()
+        return self
 
     def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """`frozen=True` lets gradients reach `x` but not the weights."""
@@ -296,12 +317,22 @@ def squash_log_det(pre_tanh: torch.Tensor) -> torch.Tensor:
 
 
 class TanhGaussianActor(nn.Module):
-    """SAC's policy: a = tanh(u), u ~ N(μ(s), σ(s)²) (Haarnoja et al. 2018, appendix C)."""
+    """SAC's policy: a = tanh(u), u ~ N(μ(s), σ(s)²) (Haarnoja et al. 2018, appendix C).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
+    `orthogonal` and `log_std_offset` only change the initialisation (CORL's Cal-QL: every
+    layer orthogonal, log σ = raw − 1). CORL adds the offset as a learned scalar after the
+    output layer; the log-σ half of that layer's bias is the same degree of freedom, so here
+    the bias starts at the offset and the network keeps its parameters (and checkpoints)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 orthogonal: bool = False, log_std_offset: float = 0.0) -> None:
         super().__init__()
         self.obs_scaler = ObservationScaler(obs_dim)
         self.net = mlp(obs_dim, hidden, 2 * act_dim)
+        if orthogonal:
+            orthogonal_init_(self.net)
+        with torch.no_grad():
+            self.net[-1].bias[act_dim:] += log_std_offset
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ, each (B, A)."""

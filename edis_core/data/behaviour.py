@@ -65,9 +65,11 @@ class BehaviourPolicy:
 
 
 def sac_config() -> CalQLConfig:
+    """SAC as the committed behaviour policies were trained (nn.Linear's initialisation)."""
     return CalQLConfig(critic_hidden=SAC_HIDDEN, actor_hidden=SAC_HIDDEN, actor_lr=3e-4,
                        alpha_lr=3e-4, cql_alpha=0.0, cql_alpha_online=0.0, cql_n_actions=1,
-                       calibrate_offline=False, calibrate_online=False)
+                       calibrate_offline=False, calibrate_online=False,
+                       orthogonal_init=False, log_std_offset=0.0)
 
 
 def train_behaviour(recipe: BehaviourRecipe, progress: bool = True) -> BehaviourPolicy:

@@ -11,7 +11,11 @@ from edis_core.generator_config import EDISConfig
 from edis_core.training.normalization import Normalization
 from edis_core.training.synthetic_table import SyntheticRateLimit
 
-SyntheticMode = Literal["none", "unguided", "edis"]
+SyntheticMode = Literal["none", "unguided", "edis", "oracle"]
+"""none: the base agent; unguided: the prior's samples (SynthER-style); edis: energy-guided
+samples; oracle: real transitions of the current policy from a second simulator (not counted
+as env steps), the ceiling any generator could reach (a benchmark control)."""
+GENERATED_MODES = ("unguided", "edis")
 
 
 @dataclass
@@ -21,9 +25,10 @@ class SyntheticSchedule:
     How long the prior and the energies train is model configuration:
     `edis.diffusion.train_steps` and `edis.energy_steps`."""
 
-    ratio: float = 0.5
-    """ρ: fraction of every online agent batch drawn from generated transitions; they replace
-    offline rows, so ρ is at most `offline_ratio` (training/mixing.py)."""
+    ratio: float = 1.0
+    """ρ: share of the offline-sourced rows of every online agent batch that synthetic rows
+    replace (training/mixing.py); 1: all of them, so the batch is online replay and
+    synthetic rows only."""
     refresh_every: int = 2_000
     """Online env steps between refreshes (energies retrained, new samples generated)."""
     samples_per_refresh: int = 10_000
@@ -31,12 +36,17 @@ class SyntheticSchedule:
     buffer_size: int = 20_000
     """Capacity of the synthetic buffer."""
     min_positive: int = 1_000
-    """Guided refreshes wait until the positive buffer holds this many transitions."""
+    """Refreshes (guided, unguided and oracle alike) wait until the positive buffer holds this
+    many online transitions."""
     real_sample: int = 20_000
     """Most recent real transitions used as E_T positives per refresh."""
     prior_steps_per_refresh: int = 0
     """Warm-started prior training before each refresh on all online data and as many
-    offline rows (EDIS.md §2: optional); 0 keeps the prior as it left the offline phase."""
+    offline rows, at least `prior_offline_rows` (EDIS.md §2: optional); 0 keeps the prior as
+    it left the offline phase."""
+    prior_offline_rows: int = 20_000
+    """The fewest offline rows online prior training draws (all of them if the dataset is
+    smaller), so that the prior does not forget the dataset while online rows are few."""
     prior_recent_share: float = 0.0
     """Share of those prior-training rows drawn (again) from the positive buffer, where
     guidance sends the sampler (training/synthetic.py: prior_rows)."""
@@ -44,12 +54,12 @@ class SyntheticSchedule:
     """How fresh synthetic rows must be and how often each may be drawn."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"schedule.ratio must be in [0, 1), got {self.ratio}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"schedule.ratio must be in [0, 1], got {self.ratio}")
         for name in ("refresh_every", "samples_per_refresh", "buffer_size", "real_sample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"schedule.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_positive", "prior_steps_per_refresh"):
+        for name in ("min_positive", "prior_steps_per_refresh", "prior_offline_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"schedule.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.prior_recent_share < 1.0:
@@ -98,6 +108,10 @@ class TrainConfig:
     """Environment for the online phase and evaluation; default: the dataset's own."""
     synthetic: SyntheticMode = "none"
     seed: int = 0
+    sampling_seed: int | None = None
+    """Seed of the learner's own random draws (agent batches, exploration noise, its networks'
+    sampling); None: `seed`. The environments keep `seed`: two runs that differ only here
+    measure the benchmark's noise floor (an A/A comparison)."""
     device: str = "cpu"
     """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available)."""
     torch_threads: int = 0
@@ -117,8 +131,9 @@ class TrainConfig:
     IQL's rewards scaled by 1000 / (episode return range) (training/normalization.py);
     "none": raw inputs."""
     offline_ratio: float = 0.5
-    """Fraction of every online batch that is prior data: offline rows, or the synthetic rows
-    that replace them (`schedule.ratio`); the rest is online replay in every mode."""
+    """With an agent whose `online_batch` is "fixed": the offline-sourced share of every
+    online batch (offline rows, or the synthetic rows that replace them); the rest is online
+    replay in every mode."""
     replay_capacity: int = 1_000_000
     positive_capacity: int = 5_000
     """Positive buffer size in transitions: the most recent whole trajectories."""
@@ -137,8 +152,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        if not 0 <= self.seed < 2**31:
-            raise ValueError(f"seed must be an integer in [0, 2**31), got {self.seed}")
+        for name in ("seed", "sampling_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**31:
+                raise ValueError(f"{name} must be an integer in [0, 2**31), got {value}")
         for name in ("offline_steps", "online_steps", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -153,10 +170,6 @@ class TrainConfig:
                              "the training loop: its Monte-Carlo returns use raw rewards")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
-        if self.synthetic != "none" and self.schedule.ratio > self.offline_ratio:
-            raise ValueError(f"schedule.ratio ({self.schedule.ratio}) must not exceed "
-                             f"offline_ratio ({self.offline_ratio}): synthetic rows replace "
-                             "offline rows, the online share is the same in every mode")
 
     @property
     def agent_config(self) -> IQLConfig | CalQLConfig:

@@ -14,13 +14,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from edis_core.agents.base import Agent
 from edis_core.diagnostics import compare
 from edis_core.generator import SyntheticGenerator
-from edis_core.training.envs import ActionScaler, make_env
+from edis_core.training.envs import ActionScaler
+from edis_core.training.rollouts import collect_episodes
 from edis_core.training.trainer import Trainer
 from edis_core.transitions import Transitions
 
@@ -37,13 +36,14 @@ def diagnose_run(run_dir: Path, samples: int = 10_000, seed: int = 0,
         raise ValueError(f"--samples must be >= 1 (guided and unguided samples each), got "
                          f"{samples}")
     trainer = Trainer.inspect(run_dir)
-    if trainer.supply is None:
-        raise ValueError(f"{run_dir} was trained with synthetic=none: it has no diffusion prior "
-                         "to diagnose; train with --synthetic edis (or unguided)")
+    if trainer.generator is None:
+        raise ValueError(f"{run_dir} was trained with synthetic={trainer.config.synthetic}: it "
+                         "has no diffusion prior to diagnose; train with --synthetic edis (or "
+                         "unguided)")
     if len(trainer.positive) == 0:
         raise ValueError(f"{run_dir} has no online episodes in its positive buffer yet; "
                          "diagnose it after the online phase has started")
-    generator = trainer.supply.generator
+    generator = trainer.generator
     torch.manual_seed(seed)
     energies_from = "run"
     if not generator.energies_trained:
@@ -107,50 +107,6 @@ def transition_probe(generator: SyntheticGenerator, guided: Transitions,
         generator.config.w_transition = configured
     with_energy, without = (again, guided) if configured == 0 else (guided, again)
     return max(configured, other), with_energy, without
-
-
-def collect_episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,
-                     seed: int) -> Transitions:
-    """Whole episodes of `agent` acting as it does in training (exploration on), at least
-    `transitions` rows; actions in the agent's [-1, 1], as the buffers hold them. `seed`
-    sets the env and the exploration noise, so the same seed gives the same episodes
-    whatever the caller drew before."""
-    if transitions < 1:
-        raise ValueError(f"held-out transitions must be >= 1, got {transitions}")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return _episodes(agent, env_id, scaler, transitions, seed)
-
-
-def _episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,
-              seed: int) -> Transitions:
-    env = make_env(env_id, seed)
-    episodes, rows = [], 0
-    try:
-        obs, _ = env.reset(seed=seed)
-        columns: dict[str, list] = {key: [] for key in "oarndt"}
-        while rows < transitions:
-            action = agent.act(obs[None].astype(np.float32), deterministic=False)[0]
-            next_obs, reward, terminated, truncated, _ = env.step(scaler.to_env(action))
-            for key, value in zip("oarndt", (obs, action, reward, next_obs, terminated,
-                                              truncated), strict=True):
-                columns[key].append(value)
-            obs = next_obs
-            if terminated or truncated:
-                episodes.append(_episode(columns))
-                rows += len(episodes[-1])
-                columns = {key: [] for key in columns}
-                obs, _ = env.reset()
-    finally:
-        env.close()
-    return Transitions.concatenate(episodes)
-
-
-def _episode(columns: dict[str, list]) -> Transitions:
-    f32 = {key: np.asarray(values, np.float32) for key, values in columns.items()}
-    n = len(f32["r"])
-    return Transitions(f32["o"], f32["a"], f32["r"], f32["n"], f32["d"], f32["t"],
-                       np.full(n, -np.inf, np.float32))
 
 
 def to_env(t: Transitions, scaler: ActionScaler) -> Transitions:

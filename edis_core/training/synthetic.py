@@ -7,7 +7,9 @@ the same code in both runtimes. Then:
 - `InProcessSupply` (`edis train`) generates `samples_per_refresh` transitions in the loop's
   own thread and inserts them into the synthetic table;
 - `services.learner.sampler_supply.SamplerSupply` (`edis run`) trains in a background
-  thread, publishes the weights to the sampler service and inserts the batches it streams.
+  thread, publishes the weights to the sampler service and inserts the batches it streams;
+- `OracleSupply` (the benchmark's positive control, both runtimes) has no generator: it
+  fills the table with real transitions of the current policy from a simulator of its own.
 Rows carry the version of the model that made them (the energies' in guided mode, the
 prior's otherwise), so that the table can keep only fresh ones. Every loss trained with is
 checked finite, and a batch in which the generator had to drop every row (it drops rows
@@ -26,12 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from edis_core.agents.base import Agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator
 from edis_core.training.config import SyntheticSchedule
+from edis_core.training.envs import ActionScaler
+from edis_core.training.rollouts import collect_episodes
 from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Transitions
+
+ORACLE_SEED = 40_000  # env seeds of the oracle's simulator: seed + this + refresh, unlike any run's
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,7 +71,7 @@ class RefreshInputs:
 class SyntheticSupply:
     """When a refresh is due and what it trains; subclasses decide where rows come from."""
 
-    def __init__(self, generator: SyntheticGenerator, schedule: SyntheticSchedule,
+    def __init__(self, generator: SyntheticGenerator | None, schedule: SyntheticSchedule,
                  guided: bool, table: SyntheticTable):
         self.generator = generator
         self.schedule = schedule
@@ -80,7 +87,9 @@ class SyntheticSupply:
         return self.energy_version if self.guided else self.prior_version
 
     def due(self, env_step: int, positives: PositiveBuffer) -> bool:
-        if self.guided and len(positives) < max(1, self.schedule.min_positive):
+        """Every mode waits for the same number of online rows before its first refresh, so
+        that synthetic rows enter every mode's batches at the same step."""
+        if len(positives) < max(1, self.schedule.min_positive):
             return False
         return self.last_refresh is None or env_step - self.last_refresh >= (
             self.schedule.refresh_every)
@@ -122,7 +131,8 @@ class SyntheticSupply:
         if self.schedule.prior_steps_per_refresh:
             stats["prior_loss"] = self.generator.train_prior(
                 prior_rows(inputs.offline, inputs.online, inputs.positives,
-                           self.schedule.prior_recent_share, inputs.rng),
+                           self.schedule.prior_recent_share, self.schedule.prior_offline_rows,
+                           inputs.rng),
                 self.schedule.prior_steps_per_refresh, unless_cancelled)
             check_losses(stats, "online prior training")
             stats["prior_seconds"] = time.perf_counter() - start
@@ -160,7 +170,8 @@ class SyntheticSupply:
         versions existed (their prior counts as version 1, trained energies as version 1)."""
         self.last_refresh = state["last_refresh"]
         self.prior_version = state.get("prior_version", 1)
-        self.energy_version = state.get("energy_version", int(self.generator.energies_trained))
+        self.energy_version = (state["energy_version"] if "energy_version" in state
+                               else int(self.generator.energies_trained))
         table = state.get("table") or {
             "chunks": [[self.model_version, len(synthetic)]] if len(synthetic) else [],
             "version": self.model_version, "inserted": len(synthetic), "sampled": 0,
@@ -196,6 +207,52 @@ class InProcessSupply(SyntheticSupply):
         return [stats]
 
 
+class OracleSupply(SyntheticSupply):
+    """`--synthetic oracle`: each refresh (due as for the generators) puts
+    `samples_per_refresh` real transitions of the current policy, acting as it does in
+    training, into the synthetic table, from a simulator of its own whose steps are not
+    counted as env steps. It is what a perfect generator of EDIS's target d^π·π·T would make
+    at the same schedule: if this arm does not beat `none`, no synthetic source can. Its rows
+    carry no Monte-Carlo return (-inf), like generated ones."""
+
+    def __init__(self, schedule: SyntheticSchedule, table: SyntheticTable, agent: Agent,
+                 env_id: str, scaler: ActionScaler, seed: int):
+        super().__init__(None, schedule, guided=False, table=table)
+        self.agent, self.env_id, self.scaler, self.seed = agent, env_id, scaler, seed
+        self.refreshes = 0
+
+    @property
+    def model_version(self) -> int:
+        return self.refreshes
+
+    def maintain(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
+                 offline: Transitions, policy: Policy,
+                 rng: np.random.Generator) -> list[dict[str, Any]]:
+        if not self.due(env_step, positives):
+            return []
+        start = time.perf_counter()
+        n = self.schedule.samples_per_refresh
+        rows = collect_episodes(self.agent, self.env_id, self.scaler, n,
+                                seed=self.seed + ORACLE_SEED + self.refreshes).take(slice(0, n))
+        self.refreshes += 1
+        self.table.insert(rows, self.model_version)
+        self.last_refresh = env_step
+        seconds = time.perf_counter() - start
+        return [{"kind": "synthetic", "phase": "online", "step": env_step, "generated": len(rows),
+                 "dropped_nonfinite": 0, "buffer": len(self.table),
+                 "generation_seconds": seconds, "refresh_seconds": seconds}]
+
+    def generator_state(self) -> dict[str, Any]:
+        raise RuntimeError("the oracle has no generator to checkpoint")
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "refreshes": self.refreshes}
+
+    def load_state(self, state: dict[str, Any], synthetic: ReplayBuffer) -> None:
+        self.refreshes = int(state["refreshes"])
+        super().load_state(state, synthetic)
+
+
 def clip_actions(samples: Transitions) -> Transitions:
     """Generated rows with their actions clipped into the agents' action box [-1, 1] (a new
     actions array: received rows may be read-only views)."""
@@ -203,10 +260,16 @@ def clip_actions(samples: Transitions) -> Transitions:
 
 
 def prior_rows(offline: Transitions, online: Transitions, recent: Transitions,
-               recent_share: float, rng: np.random.Generator) -> Transitions:
-    """All online rows, as many offline rows, and rows of `recent` (the positive buffer,
-    drawn with repetition) making up `recent_share` of the whole (EDIS.md §2, optional
-    online prior training).
+               recent_share: float, offline_floor: int,
+               rng: np.random.Generator) -> Transitions:
+    """All online rows, as many offline rows but at least `offline_floor` (all of them if
+    the dataset is smaller), and rows of `recent` (the positive buffer, drawn with
+    repetition) making up `recent_share` of the whole (EDIS.md §2, optional online prior
+    training).
+
+    The floor keeps the prior on the dataset while online rows are few: with as many offline
+    rows as online ones, a first refresh after 1,000 online steps would train it on a
+    1,000-row subsample of the dataset, and it would forget the rest.
 
     Guided samples sit where the policy goes, off the offline data's support; there the
     prior's s' | (s, a) is what the online rows teach it, and offline rows that outnumber
@@ -216,7 +279,7 @@ def prior_rows(offline: Transitions, online: Transitions, recent: Transitions,
     prior's capacity where the energies send the guided sampler, the current policy's
     states, which older online rows cover thinly (README, Diagnostics).
     """
-    n = min(len(offline), len(online))
+    n = min(len(offline), max(len(online), offline_floor))
     parts = [offline.take(rng.integers(0, len(offline), n)), online]
     if recent_share > 0 and len(recent):
         extra = round((n + len(online)) * recent_share / (1 - recent_share))

@@ -55,7 +55,7 @@ from edis_core.training.run_log import (
     write_summary,
 )
 from edis_core.training.signals import GracefulStop
-from edis_core.training.synthetic import InProcessSupply, SyntheticSupply
+from edis_core.training.synthetic import InProcessSupply, OracleSupply, SyntheticSupply
 from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
 
@@ -134,8 +134,9 @@ class Trainer:
         self.lock: RunDirLock | None = None
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        sampling_seed = config.seed if config.sampling_seed is None else config.sampling_seed
+        torch.manual_seed(sampling_seed)
+        self.rng = np.random.default_rng(sampling_seed)
         self.device = resolve_device(config.device)
 
         self.dataset: OfflineDataset = load_dataset(config.dataset, gamma=self._gamma)
@@ -155,12 +156,11 @@ class Trainer:
         self.synthetic = SyntheticTable(config.schedule.buffer_size, obs_dim, act_dim,
                                         config.schedule.rate_limit)
         self.supply = self._build_supply(obs_dim, act_dim)
-        self.mixer = BatchMixer(self.offline, self.replay, self.synthetic,
-                                config.batch_size, config.schedule.ratio, config.offline_ratio)
+        self.mixer = self._build_mixer()
         self.online: OnlineSource = self.runtime.online_source(self)
         self.log = MetricsLog(run_dir)
 
-        self.phase = "prior" if self.supply is not None else "offline"
+        self.phase = "prior" if self.generator is not None else "offline"
         self.steps = {"prior": 0, "offline": 0, "online": 0}
         self.updates = 0  # agent updates of the online phase: utd_ratio per env step
         self._rate_clock: tuple[float, int] | None = None
@@ -177,13 +177,27 @@ class Trainer:
     def _gamma(self) -> float:
         return self.config.agent_config.gamma
 
+    @property
+    def generator(self) -> SyntheticGenerator | None:
+        """The diffusion prior and energies (unguided and edis modes)."""
+        return None if self.supply is None else self.supply.generator
+
     def _build_supply(self, obs_dim: int, act_dim: int) -> SyntheticSupply | None:
         mode = self.config.synthetic
         if mode == "none":
             return None
+        if mode == "oracle":  # the same in both runtimes: a simulator in this process
+            return OracleSupply(self.config.schedule, self.synthetic, self.agent,
+                                self.env.spec.id, self.scaler, self.config.seed)
         generator = SyntheticGenerator(obs_dim, act_dim, self.config.edis,
                                        mode=mode, device=self.device, seed=self.config.seed)
         return self.runtime.synthetic_supply(self, generator)
+
+    def _build_mixer(self) -> BatchMixer:
+        config = self.config
+        return BatchMixer(self.offline, self.replay, self.synthetic, config.batch_size,
+                          config.agent_config.online_batch, config.offline_ratio,
+                          config.schedule.ratio)
 
     # ----------------------------------------------------------------- running
     @classmethod
@@ -269,14 +283,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
     def _run_prior(self) -> None:
-        assert self.supply is not None
+        assert self.generator is not None
         total = self.config.edis.diffusion.train_steps
+        if self.config.offline_from is not None and self.steps["prior"] < total:
+            self._take_offline_prior(Path(self.config.offline_from))
         chunk = max(1, min(self.config.log_every, 1_000))
         with self._progress("diffusion prior", "prior", total) as bar:
             while self.steps["prior"] < total and not self._stopping:
                 n = min(chunk, total - self.steps["prior"])
                 start = time.perf_counter()
-                loss = self.supply.generator.train_prior(self.offline, steps=n)
+                loss = self.generator.train_prior(self.offline, steps=n)
                 self.steps["prior"] += n
                 check_losses({"diffusion_loss": loss}, "diffusion prior")
                 bar.update(n)
@@ -312,12 +328,26 @@ class Trainer:
         if last is not None:
             self.log.write({**last, "offline_from": str(source)})
 
+    def _take_offline_prior(self, source: Path) -> None:
+        """`source`'s diffusion prior, when it trained one with this run's prior settings, so
+        that every mode of a comparison samples from the same prior; otherwise this run trains
+        its own."""
+        theirs = read_run_config(source)
+        ours = self.config.edis
+        if theirs.synthetic not in ("unguided", "edis") or (
+                theirs.edis.diffusion, theirs.edis.next_state_delta) != (ours.diffusion,
+                                                                         ours.next_state_delta):
+            return
+        state = self._offline_source_state(source)
+        self.generator.prior.load_state_dict(state["generator"]["prior"])
+        self.steps["prior"] = ours.diffusion.train_steps
+
     def _offline_source_state(self, source: Path) -> dict[str, Any]:
         """`source`'s checkpoint state, once its settings and progress are known to fit."""
         theirs, ours = read_run_config(source), self.config
         fields = ("agent", "dataset", "normalization", "offline_steps", "batch_size")
         differ = [f for f in fields if getattr(theirs, f) != getattr(ours, f)]
-        differ += ["agent config"] if theirs.agent_config != ours.agent_config else []
+        differ += ["agent config"] if _offline_part(theirs) != _offline_part(ours) else []
         if differ:
             raise checkpoint.CheckpointError(f"offline_from={source}: its {', '.join(differ)} "
                                              "differ from this run's; use a run made with the "
@@ -458,8 +488,9 @@ class Trainer:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         buffers: dict[str, Any] = {"replay": self.replay, "positive": self.positive}
-        if self.supply is not None:
+        if self.generator is not None:
             state["generator"] = self.supply.generator_state()
+        if self.supply is not None:
             buffers["synthetic"] = self.synthetic.buffer
         progress = {
             "phase": self.phase, "steps": self.steps, "online_updates": self.updates,
@@ -481,8 +512,8 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
-            if self.supply is not None:
-                self.supply.generator.load_state_dict(state["generator"])
+            if self.generator is not None:
+                self.generator.load_state_dict(state["generator"])
             self.rng.bit_generator.state = progress["numpy_rng"]
             self.phase, self.steps = progress["phase"], progress["steps"]
             # Checkpoints from before the counter existed: updates kept pace with env steps.
@@ -504,9 +535,7 @@ class Trainer:
                     f"checkpoint in {directory}: its synthetic-data record does not fit "
                     f"({type(err).__name__}: {err})") from err
         self.checkpointed = dict(self.steps)
-        self.mixer = BatchMixer(self.offline, self.replay, self.synthetic,
-                                self.config.batch_size, self.config.schedule.ratio,
-                                self.config.offline_ratio)
+        self.mixer = self._build_mixer()
 
     def _check_provenance(self, progress: dict[str, Any], accept: bool) -> None:
         """The dataset and environment must be those the checkpoint was made on."""
@@ -564,6 +593,12 @@ class Trainer:
                             f"{self.config.agent} + synthetic={self.config.synthetic} "
                             f"on {self.config.dataset} (seed {self.config.seed})")
         return json.loads(json.dumps(summary))
+
+
+def _offline_part(config: TrainConfig) -> dict[str, Any]:
+    """The agent's settings that act in the offline phase (all but its `online_only`)."""
+    agent = config.agent_config
+    return {k: v for k, v in dataclasses.asdict(agent).items() if k not in agent.online_only}
 
 
 def _describe(steps: dict[str, int]) -> str:

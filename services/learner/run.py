@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edis_core.agents import actor_hidden
 from edis_core.generator import SyntheticGenerator
-from edis_core.training.config import RuntimeConfig, TrainConfig
+from edis_core.training.config import GENERATED_MODES, RuntimeConfig, TrainConfig
 from edis_core.training.online import OnlineSource
 from edis_core.training.synthetic import SyntheticSupply
 from edis_core.training.trainer import Trainer, read_run_config, resolve_device
@@ -71,7 +71,8 @@ def distributed_trainer(run_dir: Path, config: TrainConfig | None, *,
     learner_metrics = LearnerMetrics()
     with serving(metrics, learner_metrics.registry, "learner"), processes.started(
             actors=saved.runtime.actors, ray_address=ray_address,
-            sampler_address=sampler_address, needs_sampler=saved.synthetic != "none",
+            sampler_address=sampler_address,
+            needs_sampler=saved.synthetic in GENERATED_MODES,
             sampler_threads=saved.runtime.sampler_threads,
             sampler_device=str(device) if device.type == "cuda" else "cpu",
             ray_node=ray_node) as services:
