@@ -1,9 +1,11 @@
-"""`python -m bench.evidence`: does EDIS beat its base agents here, like for like, and at what
-cost? Runs the plan of bench/plan.py (resumable: finished runs are reused, interrupted ones
+"""`python -m bench.evidence`: can this protocol detect a gain here, and does EDIS give one?
+Runs the plan of bench/plan.py (resumable: finished runs are reused, interrupted ones
 resumed), then writes docs/results.md and its plots (bench/report.py).
 
-    python -m bench.evidence                       # the whole table, ~6 h on 2 cores
+    python -m bench.evidence                       # the whole plan, ~8 h on 2 cores
     python -m bench.evidence --report-only         # the report from the runs finished so far
+    python -m bench.evidence --stages recipe       # the recipe search alone
+    python -m bench.evidence --agents calql --seeds 0 1 2 --arms none edis oracle
     python -m bench.evidence --profile paper --device cuda --jobs 1   # paper scale, a GPU
 """
 
@@ -15,8 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.plan import Grid, RunSpec, plan
-from bench.report import load_runs, sweep_choice, write_report
+from bench.plan import ARMS, RECIPES, Grid, RunSpec, plan
+from bench.report import choose_recipe, load_runs, recipe_overrides, write_report
 from bench.runner import Runner
 from edis_core.config import build
 from edis_core.data.minari_io import DatasetError, dataset_info
@@ -27,10 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENT_BUDGETS: dict[str, dict[str, tuple[str, ...]]] = {
     # A Cal-QL update scores 31 actions per state with each critic, ~10× an IQL update: ~5
     # updates/s per process in float32 with one thread here, ~2× that with bfloat16 hidden
-    # layers (calql.critic_bf16). With those and half IQL's online budget the whole table
-    # stays near six hours on 2 cores; every mode of an agent gets the same budget.
-    "bench": {"calql": ("calql.critic_bf16=true", "online_steps=5000",
-                        "online_eval_every=1000")},
+    # layers (calql.critic_bf16), so its runs get half IQL's online budget; every arm of an
+    # agent gets the same budget.
+    "bench": {"calql": ("calql.critic_bf16=true", "online_steps=10000")},
 }
 
 
@@ -51,14 +52,14 @@ def ensure_datasets(datasets: list[str]) -> None:
         make_recipe_dataset(env_id, recipe)
 
 
-def chooser(specs: list[RunSpec], root: Path) -> Callable[[], tuple[float, float] | None]:
-    """The sweep's choice once it is made (read from the sweep's runs until then)."""
-    sweep = [s for s in specs if s.group == "sweep"]
-    made: list[tuple[float, float]] = []
+def chooser(specs: list[RunSpec], root: Path) -> Callable[[], tuple[str, ...] | None]:
+    """The recipe search's choice once it is made (read from the search's runs until then)."""
+    search = [s for s in specs if s.group == "recipe"]
+    made: list[tuple[str, ...]] = []
 
-    def choose() -> tuple[float, float] | None:
-        if not made and (choice := sweep_choice(sweep, load_runs(root, sweep))) is not None:
-            made.append(choice)
+    def choose() -> tuple[str, ...] | None:
+        if not made and (choice := choose_recipe(search, load_runs(root, search))) is not None:
+            made.append(recipe_overrides(choice))
         return made[0] if made else None
 
     return choose
@@ -71,15 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--agents", nargs="+", default=list(defaults.agents),
                         choices=["iql", "calql"])
     parser.add_argument("--datasets", nargs="+", default=list(defaults.datasets))
-    parser.add_argument("--focus-dataset", default=defaults.focus_dataset,
-                        help="the dataset of the sweep and the ablation")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
     parser.add_argument("--tuning-seeds", nargs="+", type=int,
                         default=list(defaults.tuning_seeds))
-    parser.add_argument("--rhos", nargs="+", type=float, default=list(defaults.rhos))
-    parser.add_argument("--scales", nargs="+", type=float, default=list(defaults.scales))
+    parser.add_argument("--arms", nargs="+", default=list(defaults.arms), choices=list(ARMS))
+    parser.add_argument("--recipes", nargs="+", default=list(defaults.recipes),
+                        choices=list(RECIPES))
     parser.add_argument("--stages", nargs="+", default=list(defaults.stages),
-                        choices=["sweep", "table", "ablation"])
+                        choices=["recipe", "table"])
     parser.add_argument("--profile", default="bench")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
@@ -99,17 +99,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     grid = Grid(agents=args.agents, datasets=args.datasets, seeds=args.seeds,
-                tuning_seeds=args.tuning_seeds, rhos=args.rhos, scales=args.scales,
-                stages=args.stages, focus_dataset=args.focus_dataset,
-                agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
+                tuning_seeds=args.tuning_seeds, arms=args.arms, recipes=args.recipes,
+                stages=args.stages, agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
     specs = plan(grid)
-    budgets = {agent: build(TrainConfig, args.profile, {},   # validates the profile first
+    budgets = {agent: build(TrainConfig, args.profile, {"agent": agent},  # validates first
                             [*args.set, *grid.agent_overrides.get(agent, ())])
                for agent in grid.agents}
+    choose = chooser(specs, args.runs_root)
     if not args.report_only:
-        ensure_datasets(sorted({*args.datasets, args.focus_dataset}))
+        ensure_datasets(sorted(set(args.datasets)))
         runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
-                        choose=chooser(specs, args.runs_root))
+                        choose=choose)
         outcome = runner.run(specs)
         print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
                                     for s in sorted(set(outcome.values()))), flush=True)

@@ -1,14 +1,19 @@
 """What the evidence benchmark runs: every run as a `RunSpec`, and the order they depend on.
 
-1. offline   one offline pre-training per (agent, dataset, seed) with online_steps=0; every
-             mode of that seed starts from it (`offline_from`), so modes differ only online.
-2. sweep     EDIS with ρ × guidance scale (w_state = w_policy = scale) on the tuning seeds,
-             which are never reported, for one agent and dataset.
-3. table     none / unguided / edis for every agent, dataset and reported seed; the synthetic
-             modes take the sweep's ρ, EDIS its scale too (`tuned`).
-4. ablation  EDIS with one energy changed at a time for one agent and dataset: the state
-             energy off, the policy energy off, and the transition energy on (it is off by
-             default, README "Diagnostics").
+1. offline  one offline pre-training per (agent, dataset, seed) with online_steps=0, which
+            also trains the diffusion prior where a generated arm needs one; every arm of
+            that seed starts from it (`offline_from`: the same agent and the same prior), so
+            arms differ only online.
+2. recipe   the base agent (`none`) under each fine-tuning recipe of RECIPES, on the tuning
+            seeds only (never reported): the table's agent runs take the recipe the search
+            chooses (bench/report.py: choose_recipe).
+3. table    every arm of ARMS for every agent, dataset and reported seed, seed by seed, so
+            that a partial table is paired and balanced.
+
+Arms: `none` (the base agent), `none-aa` (the same with another sampling seed: the A/A noise
+floor), `unguided` (the prior's samples), `edis` (Theorem 3.1's guidance, w_s = w_π = 1,
+E_T not trained), `edis-wT` (E_T trained and applied, w_T = 1) and `oracle` (real on-policy
+transitions in the synthetic slot: the positive control).
 """
 
 from __future__ import annotations
@@ -17,9 +22,24 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-MODES = ("none", "unguided", "edis")
-ABLATIONS = {"no-state": ("edis.w_state=0.0",), "no-policy": ("edis.w_policy=0.0",),
-             "with-transition": ("edis.w_transition=1.0",)}
+ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "none": ("none", ()),
+    "none-aa": ("none", ()),          # plus sampling_seed (aa_overrides)
+    "unguided": ("unguided", ()),
+    "edis": ("edis", ()),
+    "edis-wT": ("edis", ("edis.w_transition=1.0",)),
+    "oracle": ("oracle", ()),
+}
+GENERATED = ("unguided", "edis")
+AA_SEED_OFFSET = 1_000
+# IQL's online recipes the search compares (online-only fields: one offline run serves all).
+RECIPES: dict[str, tuple[str, ...]] = {
+    "uniform-cosine": ("iql.online_batch=uniform",),
+    "uniform-lr3e-5": ("iql.online_batch=uniform", "iql.online_actor_lr=3e-5"),
+    "uniform-lr3e-4": ("iql.online_batch=uniform", "iql.online_actor_lr=3e-4"),
+    "fixed-lr3e-5": ("iql.online_batch=fixed", "iql.online_actor_lr=3e-5"),
+}
+RECIPE_AGENT = "iql"
 
 
 @dataclass(frozen=True)
@@ -27,36 +47,35 @@ class RunSpec:
     name: str
     """Its run directory under the runs root, e.g. hopper-medium-replay/iql/seed0/edis."""
     group: str
+    """"offline", "recipe" or "table"."""
     agent: str
     dataset: str
     seed: int
     mode: str
+    arm: str = ""
+    """The table's arm (ARMS) or the recipe's name."""
     overrides: tuple[str, ...] = ()
     offline: str | None = None
     """The offline run it starts from."""
     tuned: bool = False
-    """Takes the sweep's choice of ρ (and the guidance scale, for EDIS) when it starts."""
-    label: str = ""
-    """What distinguishes it inside its group (the sweep's setting, the ablation)."""
+    """Takes the recipe search's choice when it starts."""
 
 
 @dataclass(frozen=True)
 class Grid:
-    agents: Sequence[str] = ("iql", "calql")
+    agents: Sequence[str] = ("iql",)
     datasets: Sequence[str] = ("edis/hopper-medium-replay-v0", "edis/hopper-medium-v0")
-    seeds: Sequence[int] = (0, 1, 2)
-    tuning_seeds: Sequence[int] = (100,)
-    rhos: Sequence[float] = (0.25, 0.5)
-    scales: Sequence[float] = (0.5, 1.0, 2.0)
-    sweep_agent: str = "iql"
-    ablation_agent: str = "iql"
-    focus_dataset: str = "edis/hopper-medium-replay-v0"
-    """The dataset of the sweep and the ablation, whatever `datasets` a call runs: a call for
-    another dataset alone must not sweep (and tune its runs) on that one."""
-    stages: Sequence[str] = field(default=("sweep", "table", "ablation"))
+    seeds: Sequence[int] = tuple(range(10))
+    tuning_seeds: Sequence[int] = (100, 101, 102)
+    arms: Sequence[str] = ("none", "none-aa", "unguided", "edis", "oracle", "edis-wT")
+    arm_datasets: Mapping[str, Sequence[str]] = field(
+        default_factory=lambda: {"edis-wT": ("edis/hopper-medium-replay-v0",)})
+    """Arms that run on some datasets only (the others run on every dataset)."""
+    recipes: Sequence[str] = tuple(RECIPES)
+    stages: Sequence[str] = ("recipe", "table")
     agent_overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Overrides for every run of one agent (its budget, its precision), e.g. {"calql":
-    ["online_steps=5000"]}; its offline runs still end with online_steps=0."""
+    ["online_steps=10000"]}; its offline runs still end with online_steps=0."""
 
 
 def short(dataset: str) -> str:
@@ -64,45 +83,51 @@ def short(dataset: str) -> str:
     return dataset.rsplit("/", 1)[-1].rsplit("-v", 1)[0]
 
 
-def offline_spec(agent: str, dataset: str, seed: int, overrides: Sequence[str] = ()) -> RunSpec:
+def offline_spec(agent: str, dataset: str, seed: int, overrides: Sequence[str] = (),
+                 with_prior: bool = True) -> RunSpec:
+    """`with_prior`: trained as `unguided`, so that its checkpoint holds the prior the
+    generated arms of this seed share."""
     return RunSpec(f"{short(dataset)}/{agent}/seed{seed}/offline", "offline", agent, dataset,
-                   seed, "none", (*overrides, "online_steps=0"))
+                   seed, "unguided" if with_prior else "none", "offline",
+                   (*overrides, "online_steps=0"))
+
+
+def aa_overrides(seed: int) -> tuple[str, ...]:
+    return (f"sampling_seed={seed + AA_SEED_OFFSET}",)
+
+
+def arm_runs(grid: Grid, dataset: str) -> list[str]:
+    return [arm for arm in grid.arms if dataset in grid.arm_datasets.get(arm, (dataset,))]
 
 
 def plan(grid: Grid) -> list[RunSpec]:
-    """Every run of the grid, offline runs first, each once."""
+    """Every run of the grid, each once, offline runs before the runs that start from them."""
     specs: list[RunSpec] = []
 
-    def online(group: str, agent: str, dataset: str, seed: int, mode: str, leaf: str,
-               overrides: tuple[str, ...] = (), tuned: bool = False, label: str = "") -> None:
+    def online(group: str, agent: str, dataset: str, seed: int, arm: str, mode: str,
+               overrides: tuple[str, ...], tuned: bool, with_prior: bool) -> None:
         agent_overrides = tuple(grid.agent_overrides.get(agent, ()))
-        source = offline_spec(agent, dataset, seed, agent_overrides)
+        source = offline_spec(agent, dataset, seed, agent_overrides, with_prior)
         if source not in specs:
             specs.append(source)
-        overrides = (*agent_overrides, *overrides)
-        specs.append(RunSpec(f"{short(dataset)}/{agent}/seed{seed}/{leaf}", group, agent,
-                             dataset, seed, mode, overrides, source.name, tuned, label))
+        specs.append(RunSpec(f"{short(dataset)}/{agent}/seed{seed}/{arm}", group, agent,
+                             dataset, seed, mode, arm, (*agent_overrides, *overrides),
+                             source.name, tuned))
 
-    tuned = "sweep" in grid.stages    # without a sweep: the profile's ρ and scale
-    if tuned:
-        for seed, rho, scale in itertools.product(grid.tuning_seeds, grid.rhos, grid.scales):
-            setting = f"rho{rho:g}-scale{scale:g}"
-            online("sweep", grid.sweep_agent, grid.focus_dataset, seed, "edis",
-                   f"sweep-{setting}", sweep_overrides(rho, scale), label=setting)
+    searching = "recipe" in grid.stages and RECIPE_AGENT in grid.agents
+    if searching:
+        for seed, dataset, recipe in itertools.product(grid.tuning_seeds, grid.datasets,
+                                                       grid.recipes):
+            online("recipe", RECIPE_AGENT, dataset, seed, f"recipe-{recipe}", "none",
+                   RECIPES[recipe], False, with_prior=False)
     if "table" in grid.stages:
-        for dataset, agent, seed, mode in itertools.product(grid.datasets, grid.agents,
-                                                            grid.seeds, MODES):
-            online("table", agent, dataset, seed, mode, mode, tuned=tuned and mode != "none",
-                   label=mode)
-    if "ablation" in grid.stages:
-        for seed, (name, overrides) in itertools.product(grid.seeds, ABLATIONS.items()):
-            online("ablation", grid.ablation_agent, grid.focus_dataset, seed, "edis",
-                   f"edis-{name}", overrides, tuned=tuned, label=name)
+        for seed, dataset, agent in itertools.product(grid.seeds, grid.datasets, grid.agents):
+            arms = arm_runs(grid, dataset)
+            with_prior = any(ARMS[a][0] in GENERATED for a in arms)
+            for arm in arms:
+                mode, overrides = ARMS[arm]
+                if arm == "none-aa":
+                    overrides = aa_overrides(seed)
+                online("table", agent, dataset, seed, arm, mode, overrides,
+                       tuned=searching and agent == RECIPE_AGENT, with_prior=with_prior)
     return specs
-
-
-def sweep_overrides(rho: float, scale: float, mode: str = "edis") -> tuple[str, ...]:
-    """ρ for every synthetic mode; the guidance scale only where there is guidance."""
-    ratio = (f"schedule.ratio={rho}",)
-    return ratio + ((f"edis.w_state={scale}", f"edis.w_policy={scale}")
-                    if mode == "edis" else ())

@@ -2,7 +2,7 @@
 
 A run whose summary says "completed" is reused as it is; one with a checkpoint is resumed
 (`edis train --resume`); anything else starts afresh. A run starts when the offline run it
-depends on is complete and, for a tuned run, when every sweep run is. A failed run is
+depends on is complete and, for a tuned run, when the recipe search has chosen. A failed run is
 reported and its dependants skipped; the others go on. On SIGINT/SIGTERM the children get
 SIGTERM (they checkpoint) and are waited for, so a later call continues where this one
 stopped.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.plan import RunSpec, sweep_overrides
+from bench.plan import RunSpec
 from services.sampler.process import die_with_parent
 
 SUMMARY = "summary.json"
@@ -48,8 +48,8 @@ class Runner:
     jobs: int = 2
     extra: Sequence[str] = ()
     """Overrides for every run (e.g. a smaller budget)."""
-    choose: Callable[[], tuple[float, float] | None] = lambda: None
-    """The sweep's (ρ, scale), or None while it is incomplete."""
+    choose: Callable[[], tuple[str, ...] | None] = lambda: None
+    """The overrides of the recipe search's choice, or None while it is incomplete."""
     poll_seconds: float = 2.0
 
     def run(self, specs: list[RunSpec]) -> dict[str, str]:
@@ -65,7 +65,7 @@ class Runner:
             while (waiting or running) and not stop:
                 startable = self._startable(waiting, outcome, len(running))
                 if not startable and not running:
-                    # What still waits depends on runs that will not finish (a failed sweep run).
+                    # What still waits depends on runs that will not finish (a failed search run).
                     for spec in waiting:
                         outcome[spec.name] = "blocked"
                         print(f"bench: {spec.name} skipped: what it depends on did not finish",
@@ -129,10 +129,9 @@ class Runner:
         tuned: tuple[str, ...] = ()
         if spec.tuned:
             choice = self.choose()
-            assert choice is not None, "a tuned run started before the sweep finished"
-            tuned = sweep_overrides(*choice, mode=spec.mode)
-        # The run's own overrides come after the sweep's choice: an ablation's w_state=0
-        # must not be reset to the chosen scale.
+            assert choice is not None, "a tuned run started before the recipe search chose"
+            tuned = choice
+        # The run's own overrides come after the search's choice.
         overrides = [*self.extra, *tuned, *spec.overrides]
         if spec.offline is not None:
             overrides.append(f"offline_from={self.root / spec.offline}")

@@ -20,9 +20,10 @@ from tests.test_training import TINY, TINY_SYNTHETIC
 pytestmark = pytest.mark.slow
 
 
-def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
+def test_the_plan_shares_offline_runs_keeps_tuning_seeds_apart_and_goes_seed_by_seed():
     specs = plan(Grid(agents=("iql", "calql"), datasets=("edis/hopper-medium-v0",),
-                      seeds=(0, 1), tuning_seeds=(100,), rhos=(0.25, 0.5), scales=(1.0,)))
+                      seeds=(0, 1), tuning_seeds=(100,),
+                      recipes=("uniform-cosine", "fixed-lr3e-5")))
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
     offline = [s for s in specs if s.group == "offline"]
@@ -31,21 +32,28 @@ def test_the_plan_shares_offline_runs_and_keeps_tuning_seeds_apart():
     for spec in specs:
         if spec.group != "offline":
             assert names.index(spec.offline) < names.index(spec.name)  # offline runs first
-    assert {s.seed for s in specs if s.group == "sweep"} == {100}
-    # a call for one dataset alone still sweeps and ablates on the focus dataset
-    assert {s.dataset for s in specs if s.group in ("sweep", "ablation")} == {
-        "edis/hopper-medium-replay-v0"}
-    assert {s.seed for s in specs if s.group in ("table", "ablation")} == {0, 1}
-    assert {s.tuned for s in specs if s.group == "table" and s.mode != "none"} == {True}
+    # the search runs the base agent on the tuning seeds only, from a prior-free offline run
+    search = [s for s in specs if s.group == "recipe"]
+    assert {(s.seed, s.mode, s.agent) for s in search} == {(100, "none", "iql")}
+    assert next(s for s in offline if s.seed == 100).mode == "none"
+    assert all(s.mode == "unguided" for s in offline if s.seed != 100)   # trains the prior
+    table = [s for s in specs if s.group == "table"]
+    assert {s.seed for s in table} == {0, 1}
+    assert [s.seed for s in table] == sorted(s.seed for s in table)     # seed by seed
+    assert {s.tuned for s in table if s.agent == "iql"} == {True}       # the search's choice
+    assert {s.tuned for s in table if s.agent == "calql"} == {False}    # CORL's recipe as is
+    aa = [s for s in table if s.arm == "none-aa"]
+    assert {s.overrides[-1] for s in aa} == {"sampling_seed=1000", "sampling_seed=1001"}
+    assert not [s for s in table if s.arm == "edis-wT"]   # only on medium-replay by default
     untuned = plan(Grid(agents=("iql",), datasets=("edis/hopper-medium-v0",), seeds=(0,),
-                        stages=("table", "ablation")))
-    assert not any(s.tuned for s in untuned)    # no sweep: the profile's own ρ and scale
+                        stages=("table",)))
+    assert not any(s.tuned for s in untuned)    # no search: the profile's own recipe
 
 
 def test_an_agents_overrides_reach_all_its_runs_and_offline_runs_stay_offline():
     budget = ("calql.critic_bf16=true", "online_steps=5000")
     specs = plan(Grid(agents=("iql", "calql"), datasets=("edis/hopper-medium-v0",), seeds=(0,),
-                      agent_overrides={"calql": budget}))
+                      stages=("table",), agent_overrides={"calql": budget}))
     for spec in specs:
         if spec.agent == "iql":
             assert not set(budget) & set(spec.overrides), spec
@@ -58,8 +66,9 @@ def test_an_agents_overrides_reach_all_its_runs_and_offline_runs_stay_offline():
 def bench_command(root, out, dataset, *extra) -> list[str]:
     overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
     return [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
-            "--focus-dataset", dataset,
-            "--seeds", "0", "--tuning-seeds", "100", "--rhos", "0.25", "0.5", "--scales", "1.0",
+            "--seeds", "0", "--tuning-seeds", "100",
+            "--recipes", "uniform-cosine", "fixed-lr3e-5",
+            "--arms", "none", "none-aa", "unguided", "edis", "oracle",
             "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
             *extra]
 
@@ -74,40 +83,41 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     root, out = tmp_path / "runs", tmp_path / "docs"
     first = bench(root, out, hopper_dataset)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count("bench: start") == 10   # 2 offline, 2 sweep, 3 table, 3 ablation
+    assert first.stdout.count("bench: start") == 9   # 2 offline, 2 recipes, 5 arms
     report = (out / "results.md").read_text()
-    assert "Finished runs: 10 of 10 planned." in report
-    chosen = [line for line in report.splitlines() if "chosen: ρ = " in line]
+    assert "Finished runs: 9 of 9 planned." in report
+    chosen = re.search(r"Chosen for every reported IQL run: \*\*(\S+)\*\*", report)
     assert chosen, report
-    # The tuned runs carry the sweep's choice; unguided takes ρ but no guidance scale.
-    rho = float(chosen[0].split("chosen: ρ = ")[1].split(",")[0])
+    # The tuned runs carry the search's choice; the arms share the offline agent and prior.
     stem = f"{root}/hopper-random/iql/seed0"
-    edis = yaml.safe_load(Path(f"{stem}/edis/config.yaml").read_text())
-    unguided = yaml.safe_load(Path(f"{stem}/unguided/config.yaml").read_text())
-    assert edis["schedule"]["ratio"] == unguided["schedule"]["ratio"] == rho
-    assert edis["offline_from"] == f"{stem}/offline"
-    # An ablation keeps its own change on top of the sweep's choice.
-    scale = edis["edis"]["w_state"]
-    for leaf, off, kept in (("no-state", "w_state", "w_policy"),
-                            ("no-policy", "w_policy", "w_state")):
-        ablation = yaml.safe_load(Path(f"{stem}/edis-{leaf}/config.yaml").read_text())
-        assert ablation["edis"][off] == 0.0 and ablation["edis"][kept] == scale, leaf
-        assert ablation["schedule"]["ratio"] == rho
-    assert (out / "results-hopper-random.png").stat().st_size > 5_000
-    assert "- iql on hopper-random: EDIS " in report
-    for heading in ("| dataset | agent | offline (start) | none | unguided | edis |",
-                    "| agent | mode | runs | wall ms / env step |", "| no-state |",
-                    "| with-transition |"):
+    rule = {"uniform-cosine": "uniform", "fixed-lr3e-5": "fixed"}[chosen.group(1)]
+    for arm in ("none", "none-aa", "unguided", "edis", "oracle"):
+        config = yaml.safe_load(Path(f"{stem}/{arm}/config.yaml").read_text())
+        assert config["iql"]["online_batch"] == rule, arm
+        assert config["offline_from"] == f"{stem}/offline"
+    assert yaml.safe_load(Path(f"{stem}/none-aa/config.yaml").read_text())[
+        "sampling_seed"] == 1000
+    edis = json.loads(Path(f"{stem}/edis/summary.json").read_text())
+    records = [json.loads(line) for line in Path(f"{stem}/edis/metrics.jsonl").read_text()
+               .splitlines()]
+    assert edis["steps"]["prior"] == 60                                 # the offline run's
+    assert not [r for r in records if r["kind"] == "train" and r["phase"] == "prior"]
+    for name in ("results-recipes.png", "results-table.png"):
+        assert (out / name).stat().st_size > 5_000
+    for heading in ("## 1. The base agent's fine-tuning recipe", "## 2. Can this protocol "
+                    "answer?", "## 3. EDIS against the base agent", "| iql | oracle |",
+                    "- iql on hopper-random:"):
         assert heading in report, heading
 
     again = bench(root, out, hopper_dataset)
     assert again.returncode == 0 and "bench: start" not in again.stdout
-    assert "bench: 10 completed" in again.stdout
+    assert "bench: 9 completed" in again.stdout
 
 
 def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp_path):
     root, out, log = tmp_path / "runs", tmp_path / "docs", tmp_path / "bench.log"
-    longer = ["--stages", "table", "--set", "online_steps=3000", "--jobs", "1"]
+    longer = ["--stages", "table", "--arms", "none", "edis", "--set", "online_steps=3000",
+              "--jobs", "1"]
     with log.open("w") as stdout:
         bench_process = subprocess.Popen(
             bench_command(root, out, hopper_dataset, *longer), stdout=stdout,
@@ -127,7 +137,7 @@ def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp
     again = subprocess.run(bench_command(root, out, hopper_dataset, *longer),
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "bench: 4 completed" in again.stdout
+    assert "bench: 3 completed" in again.stdout
     assert "--resume" in (root / "logs" / "hopper-random__iql__seed0__none.log").read_text()
     # Its cost counts only what the resuming process ran and timed.
     summary = json.loads((none_run / "summary.json").read_text())

@@ -1,14 +1,15 @@
-"""The evidence report's verdicts: EDIS 'beats' a baseline only when the 95% interval of the
-paired per-seed differences excludes zero."""
+"""The evidence report's statistics and verdicts, on hand-made runs with known answers."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from bench.plan import RunSpec
-from bench.report import PairedGain, drops, verdicts
+from bench.report import PairedGain, auc, choose_recipe, gate, last3, score_section
 
 
 def test_the_interval_is_students_t_over_the_paired_differences():
@@ -18,6 +19,19 @@ def test_the_interval_is_students_t_over_the_paired_differences():
     assert low == pytest.approx(2 - half, abs=1e-4)
     assert high == pytest.approx(2 + half, abs=1e-4)
     assert str(gain) == "+2.0, 95% interval [-0.5, +4.5], ahead on 3 of 3 seeds"
+
+
+def test_the_minimum_detectable_difference_has_the_power_it_claims():
+    """A true paired effect of exactly the MDE is detected in ~80% of repeated experiments."""
+    rng = np.random.default_rng(0)
+    n, sd = 10, 3.0
+    gains = rng.normal(0, sd, n)
+    assert PairedGain(tuple(gains)).mde == pytest.approx(
+        (stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * np.std(gains, ddof=1) / np.sqrt(n))
+    exact = (stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * sd / np.sqrt(n)
+    detected = [PairedGain(tuple(rng.normal(exact, sd, n))).interval[0] > 0
+                for _ in range(2000)]
+    assert 0.74 < np.mean(detected) < 0.86
 
 
 @pytest.mark.parametrize(("gains", "verdict"), [
@@ -31,34 +45,67 @@ def test_verdicts_need_the_interval_to_exclude_zero(gains, verdict):
     assert PairedGain(gains).verdict("none") == verdict
 
 
-def table(scores: dict[str, tuple[float, ...]], start: float = 0.0):
-    """Table specs and finished runs of iql on hopper-medium with these final scores."""
+def fake_run(start: float, scores: list[float]) -> dict:
+    records = [{"kind": "eval", "phase": "online", "step": 1000 * (i + 1),
+                "normalized_score": s} for i, s in enumerate(scores)]
+    return {"summary": {"offline_final": {"normalized_score": start}}, "records": records}
+
+
+def test_auc_is_the_mean_online_score_and_last3_the_end():
+    run = fake_run(50.0, [10.0, 20.0, 30.0, 40.0])
+    assert auc(run) == 25.0 and last3(run) == 30.0
+
+
+def cell(arms: dict[str, list[tuple[float, list[float]]]], dataset: str = "edis/hopper-medium-v0",
+         group: str = "table") -> tuple[list[RunSpec], dict]:
+    """Specs and finished runs of iql on `dataset`: per arm, per seed (start, scores)."""
     specs, runs = [], {}
-    for mode, per_seed in scores.items():
-        for seed, score in enumerate(per_seed):
-            name = f"hopper-medium/iql/seed{seed}/{mode}"
-            specs.append(RunSpec(name, "table", "iql", "edis/hopper-medium-v0", seed, mode))
-            runs[name] = {"summary": {"online_final": {"normalized_score": score},
-                                      "offline_final": {"normalized_score": start}},
-                          "records": []}
+    for arm, per_seed in arms.items():
+        for seed, (start, scores) in enumerate(per_seed):
+            name = f"{dataset}/{group}/seed{seed}/{arm}"
+            specs.append(RunSpec(name, group, "iql", dataset, seed, "none", arm))
+            runs[name] = fake_run(start, scores)
     return specs, runs
 
 
-def test_verdicts_pair_seeds_and_name_each_baseline():
-    specs, runs = table({"none": (10.0, 20.0, 30.0), "unguided": (11.0, 19.0, 31.0),
-                         "edis": (13.0, 23.1, 32.9)})
-    lines = verdicts(specs, runs)
-    # against none the gains are 3.0, 3.1, 2.9 although the scores spread over 20 points
-    assert lines[0].startswith("- iql on hopper-medium: EDIS beats none: final score "
-                               "difference +3.0, 95% interval [")
-    assert lines[1].startswith("- iql on hopper-medium: EDIS is not distinguishable from "
-                               "unguided: final score difference +2.7, 95%")
+def test_the_health_gate_on_medium_fails_a_drop_and_passes_a_steady_agent():
+    steady = [(60.0, [58.0, 55.0, 61.0]), (70.0, [66.0, 64.0, 72.0]), (65.0, [64.0, 62.0, 60.0])]
+    assert gate(*cell({"none": steady}), "iql", "edis/hopper-medium-v0")["passed"]
+    falling = [(60.0, [58.0, 40.0, 61.0]), (70.0, [66.0, 54.0, 72.0]), (65.0, [64.0, 60.0, 60.0])]
+    result = gate(*cell({"none": falling}), "iql", "edis/hopper-medium-v0")
+    assert not result["passed"]
+    assert result["worst_step"] == 2000 and result["worst_drop"] == pytest.approx(-41 / 3)
 
 
-def test_the_report_says_when_every_mode_ends_below_the_offline_start():
-    scores = {"none": (14.0, 15.0), "unguided": (17.0, 17.0), "edis": (16.0, 17.0)}
-    assert drops(*table(scores, start=68.0)) == [
-        "- iql on hopper-medium: every mode ends below its offline start (68.0 → 14.5-17.0); "
-        "at this budget the table measures the early online drop and the recovery from it, "
-        "not fine-tuning gains."]
-    assert drops(*table(scores, start=16.0)) == []      # one mode ends above its start
+def test_the_health_gate_on_medium_replay_needs_a_gain_over_the_start():
+    data = "edis/hopper-medium-replay-v0"
+    rising = [(20.0, [25.0, 30.0]), (18.0, [22.0, 29.0]), (25.0, [29.0, 33.0])]
+    assert gate(*cell({"none": rising}, data), "iql", data)["passed"]
+    flat = [(20.0, [25.0, 15.0]), (18.0, [12.0, 22.0]), (25.0, [29.0, 23.0])]
+    assert not gate(*cell({"none": flat}, data), "iql", data)["passed"]
+
+
+def test_the_recipe_search_prefers_a_stable_recipe_over_a_higher_one_that_collapses():
+    specs, runs = [], {}
+    for arm, per_seed in {
+        "recipe-uniform-cosine": [(60.0, [61.0, 62.0]), (62.0, [63.0, 66.0])],
+        "recipe-uniform-lr3e-4": [(60.0, [30.0, 95.0]), (62.0, [40.0, 99.0])],  # higher AUC
+    }.items():
+        s, r = cell({arm: per_seed}, group="recipe")
+        specs += s
+        runs.update(r)
+    assert choose_recipe(specs, runs) == "uniform-cosine"
+    del runs[specs[0].name]
+    assert choose_recipe(specs, runs) is None          # not before every search run finished
+
+
+def test_no_verdict_on_edis_when_the_positive_control_does_not_beat_none():
+    base = [(60.0, [60.0, 61.0]), (62.0, [62.0, 60.0]), (61.0, [61.0, 63.0])]
+    higher = [(60.0, [70.0, 71.0]), (62.0, [72.0, 70.0]), (61.0, [71.0, 73.0])]
+    no_control = "\n".join(score_section(*cell({"none": base, "oracle": base,
+                                                "edis": higher})))
+    assert "the table cannot answer: the positive control does not beat none" in no_control
+    answered = "\n".join(score_section(*cell({"none": base, "oracle": higher,
+                                              "edis": higher, "unguided": base})))
+    assert "- iql on hopper-medium: EDIS beats none: AUC difference +10.0" in answered
+    assert "EDIS beats unguided" in answered
