@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -142,3 +143,26 @@ def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp
     # Its cost counts only what the resuming process ran and timed.
     summary = json.loads((none_run / "summary.json").read_text())
     assert 0 < summary["online_steps_timed"] < summary["steps"]["online"] == 3000
+
+
+def test_the_quality_study_fits_a_critic_per_source_and_scores_it_on_held_out_returns(
+        hopper_dataset, tmp_path):
+    from bench.quality import SOURCES, Study, held_out, study_run
+    from edis_core.training.trainer import Trainer
+    from edis_core.transitions import discounted_returns_to_go
+    from tests.test_training import tiny_config
+
+    run_dir = tmp_path / "edis"
+    Trainer.create(tiny_config(hopper_dataset, "iql", "edis"), run_dir).run()
+    trainer = Trainer.inspect(run_dir)
+    rows, returns = held_out(trainer, 300, seed=0)
+    # Hopper's random-ish policy falls within its time limit: every return is complete, and
+    # each episode's first row carries its whole discounted return.
+    first_end = int(np.flatnonzero(rows.terminals > 0.5)[0]) + 1
+    assert returns[0] == pytest.approx(
+        discounted_returns_to_go(rows.rewards[:first_end], 0.99)[0], rel=1e-5)
+    results = study_run(run_dir, Study(rows=300, steps=30, batch_size=32))
+    assert set(results) == set(SOURCES)
+    for source, result in results.items():
+        assert result["held_out_rows"] > 0, source
+        assert all(np.isfinite(v) for v in result.values()), source

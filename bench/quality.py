@@ -1,0 +1,211 @@
+"""`python -m bench.quality`: the synthetic sources judged apart from RL noise.
+
+On the frozen final checkpoints of the table's `edis` runs (the run's policy π, its online
+replay, its prior and its energies), each source of the synthetic slot, 20,000 rows of:
+offline rows, unguided samples, guided (EDIS) samples and the oracle's real transitions of
+π, feeds a fresh critic that evaluates π by fitted Q evaluation,
+
+    Q(s, a) ← r + γ (1 − d) Q̄(s', a'),   a' ~ π(·|s'),
+
+on batches half online replay and half that source, as the agent's batches would be ("online
+only": all online replay, the reference). Each critic is then judged on fresh held-out
+episodes of π, which no model saw: its squared error against their discounted Monte-Carlo
+returns, as a share of the returns' variance (rows whose return is cut by the time limit are
+left out), its mean error (bias), and its TD error on their rows. Results go to
+docs/synthetic_quality.json, which the evidence report (bench/report.py) includes.
+
+    python -m bench.quality                         # seeds 0-4 of every dataset in runs/bench
+    python -m bench.quality --seeds 0 1 --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.report import QUALITY_FILE, PairedGain
+from bench.runner import status
+from edis_core.agents.networks import QEnsemble, adam, polyak_update
+from edis_core.training.rollouts import collect_episodes
+from edis_core.training.synthetic import ORACLE_SEED, clip_actions
+from edis_core.training.trainer import Trainer
+from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("online only", "offline", "unguided", "edis", "oracle")
+HELD_OUT_SEED = 50_000      # env seeds of the held-out episodes: seed + this, unlike any run's
+FULL_HORIZON = 460          # γ^460 < 1%: a return cut this far from its start is near complete
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    rows: int = 20_000
+    """Rows per source, and held-out transitions."""
+    steps: int = 10_000
+    """Fitted-Q-evaluation steps per critic."""
+    batch_size: int = 256
+    hidden: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    target_update_rate: float = 0.005
+
+
+def source_rows(trainer: Trainer, source: str, n: int, seed: int) -> Transitions | None:
+    """n rows of `source` in the agents' action units (None for "online only")."""
+    generator = trainer.generator
+    if source == "online only":
+        return None
+    if source == "offline":
+        return trainer.offline.take(np.random.default_rng(seed).integers(0, len(trainer.offline),
+                                                                         n))
+    if source == "oracle":
+        return collect_episodes(trainer.agent, trainer.env.spec.id, trainer.scaler, n,
+                                seed=seed + ORACLE_SEED).take(slice(0, n))
+    generator.seed_sampling(seed)
+    return clip_actions(generator.generate(n, guided=source == "edis"))
+
+
+def fit_critic(online: Transitions, source: Transitions | None, trainer: Trainer, study: Study,
+               seed: int) -> QEnsemble:
+    """A fresh critic of π trained by fitted Q evaluation on online replay and `source`."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    obs_dim, act_dim = online.obs_dim, online.act_dim
+    critic = QEnsemble(obs_dim, act_dim, study.hidden, members=1)
+    mean, std = trainer.offline.observations.mean(0), trainer.offline.observations.std(0) + 1e-3
+    critic.obs_scaler.set(torch.as_tensor(mean), torch.as_tensor(std))
+    target = QEnsemble(obs_dim, act_dim, study.hidden, members=1)
+    target.load_state_dict(critic.state_dict())
+    target.requires_grad_(False)
+    optimizer = adam([{"params": critic.parameters(), "lr": study.lr}], torch.device("cpu"))
+    half = study.batch_size // 2 if source is not None else study.batch_size
+    gamma = trainer.config.agent_config.gamma
+    for _ in range(study.steps):
+        parts = [online.take(rng.integers(0, len(online), half))]
+        if source is not None:
+            parts.append(source.take(rng.integers(0, len(source), study.batch_size - half)))
+        batch = Batch.from_transitions(Transitions.concatenate(parts), "cpu")
+        with torch.no_grad():
+            next_actions = trainer.agent.sample_actions(batch.next_observations)
+            y = batch.rewards + gamma * (1.0 - batch.terminals) * target(
+                batch.next_observations, next_actions)[0]
+        loss = (critic(batch.observations, batch.actions)[0] - y).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        polyak_update(target, critic, study.target_update_rate)
+    return critic
+
+
+def held_out(trainer: Trainer, n: int, seed: int) -> tuple[Transitions, np.ndarray]:
+    """Fresh episodes of π and, per row, its discounted Monte-Carlo return (NaN where the
+    time limit cut it short of FULL_HORIZON steps)."""
+    rows = collect_episodes(trainer.agent, trainer.env.spec.id, trainer.scaler, n,
+                            seed=seed + HELD_OUT_SEED)
+    gamma = trainer.config.agent_config.gamma
+    ends = np.flatnonzero((rows.terminals > 0.5) | (rows.timeouts > 0.5)) + 1
+    returns = np.full(len(rows), np.nan)
+    for start, end in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True):
+        g = discounted_returns_to_go(rows.rewards[start:end], gamma)
+        remaining = end - np.arange(start, end)
+        complete = (rows.terminals[end - 1] > 0.5) | (remaining >= FULL_HORIZON)
+        returns[start:end] = np.where(complete, g, np.nan)
+    return rows, returns
+
+
+@torch.no_grad()
+def judge(critic: QEnsemble, rows: Transitions, returns: np.ndarray,
+          trainer: Trainer) -> dict[str, float]:
+    batch = Batch.from_transitions(rows, "cpu")
+    q = critic(batch.observations, batch.actions)[0].numpy()
+    next_q = critic(batch.next_observations,
+                    trainer.agent.sample_actions(batch.next_observations))[0].numpy()
+    gamma = trainer.config.agent_config.gamma
+    td = q - (rows.rewards + gamma * (1.0 - rows.terminals) * next_q)
+    known = ~np.isnan(returns)
+    err = q[known] - returns[known]
+    return {"mc_error_share": float((err ** 2).mean() / returns[known].var()),
+            "mc_bias": float(err.mean()), "td_mse": float((td ** 2).mean()),
+            "held_out_rows": int(known.sum())}
+
+
+def study_run(run_dir: Path, study: Study) -> dict[str, dict[str, float]]:
+    trainer = Trainer.inspect(run_dir)
+    seed = trainer.config.seed
+    torch.manual_seed(seed)
+    online = trainer.replay.contents()
+    rows, returns = held_out(trainer, study.rows, seed)
+    results = {}
+    for source in SOURCES:
+        critic = fit_critic(online, source_rows(trainer, source, study.rows, seed), trainer,
+                            study, seed)
+        results[source] = judge(critic, rows, returns, trainer)
+        print(f"quality: {run_dir} {source}: {results[source]}", flush=True)
+    return results
+
+
+def markdown(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]:
+    lines = [
+        "Fitted Q evaluation of each run's final policy on half online replay, half the "
+        "source (bench/quality.py); errors on fresh held-out episodes of that policy. "
+        "MC error: mean squared error against Monte-Carlo returns as a share of their "
+        "variance (lower is better); paired differences are against offline rows, per run.",
+        "",
+        "| dataset | source | runs | MC error share | bias | TD error | MC error − offline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, per_run in results.items():
+        for source in SOURCES:
+            values = [r[source] for r in per_run.values()]
+            share = [v["mc_error_share"] for v in values]
+            diff = PairedGain(tuple(r[source]["mc_error_share"] - r["offline"]["mc_error_share"]
+                                    for r in per_run.values()))
+            paired = "–" if source == "offline" else (
+                f"{diff.mean:+.3f}" + ("" if diff.interval is None else
+                                       " [{:+.3f}, {:+.3f}]".format(*diff.interval)))
+            lines.append(f"| {dataset} | {source} | {len(values)} | {np.mean(share):.3f} ± "
+                         f"{np.std(share, ddof=1) if len(share) > 1 else 0:.3f} | "
+                         f"{np.mean([v['mc_bias'] for v in values]):+.1f} | "
+                         f"{np.mean([v['td_mse'] for v in values]):.2f} | {paired} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--agent", default="iql")
+    parser.add_argument("--steps", type=int, default=Study.steps)
+    parser.add_argument("--rows", type=int, default=Study.rows)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    study = Study(rows=args.rows, steps=args.steps)
+    results: dict[str, dict[str, Any]] = {}
+    for dataset_dir in sorted(p for p in args.runs_root.iterdir() if (p / args.agent).is_dir()):
+        for seed in args.seeds:
+            run_dir = dataset_dir / args.agent / f"seed{seed}" / "edis"
+            if status(run_dir) == "completed":
+                results.setdefault(dataset_dir.name, {})[str(seed)] = study_run(run_dir, study)
+    if not results:
+        print(f"quality: no completed edis run of seeds {args.seeds} under {args.runs_root}",
+              file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / QUALITY_FILE
+    path.write_text(json.dumps({"study": dataclasses.asdict(study), "results": results,
+                                "markdown": markdown(results)}, indent=1))
+    print(f"quality: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
