@@ -35,8 +35,10 @@ AA_SEED_OFFSET = 1_000
 # IQL's online recipes the search compares (online-only fields: one offline run serves all).
 RECIPES: dict[str, tuple[str, ...]] = {
     "uniform-cosine": ("iql.online_batch=uniform",),
+    "uniform-cosine-noise0.03": ("iql.online_batch=uniform", "iql.exploration_noise=0.03"),
     "uniform-lr3e-5": ("iql.online_batch=uniform", "iql.online_actor_lr=3e-5"),
-    "uniform-lr3e-4": ("iql.online_batch=uniform", "iql.online_actor_lr=3e-4"),
+    "uniform-lr3e-5-noise0.03": ("iql.online_batch=uniform", "iql.online_actor_lr=3e-5",
+                                 "iql.exploration_noise=0.03"),
     "fixed-lr3e-5": ("iql.online_batch=fixed", "iql.online_actor_lr=3e-5"),
 }
 RECIPE_AGENT = "iql"

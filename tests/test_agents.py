@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from edis_core.agents import AGENT_CONFIGS, CalQLAgent, CalQLConfig, IQLAgent, IQLConfig, make_agent
+from edis_core.agents import (
+    AGENT_CONFIGS,
+    CalQLAgent,
+    CalQLConfig,
+    IQLAgent,
+    IQLConfig,
+    make_actor,
+    make_agent,
+)
 from edis_core.agents.calql import calibrated_cql_gap
 from edis_core.agents.iql import expectile_loss
 from edis_core.agents.networks import QEnsemble, TanhGaussianActor, Workspace
@@ -505,3 +513,22 @@ def test_make_agent_rejects_unknown_names_and_wrong_configs():
         make_agent("calql", IQLConfig(), OBS_DIM, ACT_DIM, "cpu")
     assert isinstance(make_agent("iql", IQLConfig(), OBS_DIM, ACT_DIM, "cpu"), IQLAgent)
     assert make_agent("calql", CalQLConfig(), OBS_DIM, ACT_DIM, "cpu").device.type == "cpu"
+
+
+def test_iql_explores_with_small_fixed_noise_online_when_asked_and_its_copies_do_too():
+    torch.manual_seed(0)
+    agent = make("iql", exploration_noise=0.03)
+    with torch.no_grad():
+        agent.actor.log_std.fill_(0.0)                       # learned σ = 1
+    obs = np.random.default_rng(0).normal(size=(4000, OBS_DIM)).astype(np.float32)
+    mean = agent.act(obs, deterministic=True)
+    offline_spread = np.std(agent.act(obs) - mean)
+    assert offline_spread > 0.4                              # the learned σ (clipped)
+    agent.start_online()
+    noise = agent.act(obs) - mean
+    assert abs(np.std(noise) - 0.03) < 0.003 and abs(noise.mean()) < 0.003
+    copy = make_actor("iql", OBS_DIM, ACT_DIM, SMALL)        # as rollout actors build it
+    copy.load_state_dict(agent.actor.state_dict())
+    with torch.no_grad():
+        copied = copy.sample(torch.from_numpy(obs)).numpy() - mean
+    assert abs(np.std(copied) - 0.03) < 0.003

@@ -89,7 +89,7 @@ def test_the_recipe_search_prefers_a_stable_recipe_over_a_higher_one_that_collap
     specs, runs = [], {}
     for arm, per_seed in {
         "recipe-uniform-cosine": [(60.0, [61.0, 62.0]), (62.0, [63.0, 66.0])],
-        "recipe-uniform-lr3e-4": [(60.0, [30.0, 95.0]), (62.0, [40.0, 99.0])],  # higher AUC
+        "recipe-fixed-lr3e-5": [(60.0, [30.0, 95.0]), (62.0, [40.0, 99.0])],    # higher AUC
     }.items():
         s, r = cell({arm: per_seed}, group="recipe")
         specs += s

@@ -115,7 +115,8 @@ def test_edis_run_completes_saves_its_policy_and_leaves_no_process(hopper_datase
 def test_a_killed_actor_is_restarted_and_the_run_completes(hopper_dataset, tmp_path):
     """The actor killed (by PID) right after a sample call was launched on it, mid-run: the
     call is counted lost, Ray restarts the actor, the next call re-syncs it, and the run
-    finishes."""
+    finishes. The run is an oracle run: its synthetic rows come from a simulator in the
+    learner, with no sampler service."""
     from services.learner.run import distributed_trainer
     from services.rollout import RolloutPool
 
@@ -130,8 +131,10 @@ def test_a_killed_actor_is_restarted_and_the_run_completes(hopper_dataset, tmp_p
             os.kill(killed[0], signal.SIGKILL)
         return blocks
 
-    config = build(TrainConfig, "smoke", {"dataset": hopper_dataset, "synthetic": "none"},
-                   [*TINY, "runtime.actors=1"])
+    config = build(TrainConfig, "smoke", {"dataset": hopper_dataset, "synthetic": "oracle"},
+                   [*TINY, "runtime.actors=1", "schedule.min_positive=100",
+                    "schedule.refresh_every=400", "schedule.samples_per_refresh=200",
+                    "schedule.buffer_size=400"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(RolloutPool, "collect", collect_and_kill_once)
         with distributed_trainer(tmp_path / "run", config) as trainer:
@@ -143,6 +146,8 @@ def test_a_killed_actor_is_restarted_and_the_run_completes(hopper_dataset, tmp_p
     assert not running(killed[0])
     returns = [r["return"] for r in records(tmp_path / "run") if r["kind"] == "episode"]
     assert np.isfinite(returns).all()
+    refreshes = [r for r in records(tmp_path / "run") if r["kind"] == "synthetic"]
+    assert refreshes and all(r["generated"] == 200 for r in refreshes)
 
 
 def _run_command(dataset: str, run_dir: Path) -> list[str]:

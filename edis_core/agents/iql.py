@@ -56,8 +56,13 @@ class IQLConfig:
     online_batch: Literal["uniform", "fixed"] = "uniform"
     """How online batches draw on offline and online replay (training/mixing.py): uniformly
     from their union, as CORL fine-tunes IQL."""
+    exploration_noise: float | None = None
+    """Online, act with the policy's mean plus N(0, this²) noise (CORL's deterministic IQL
+    explores with 0.03) instead of sampling the learned σ; None: sample it, as CORL's
+    default IQL does."""
 
-    online_only: ClassVar[tuple[str, ...]] = ("online_actor_lr", "online_batch")
+    online_only: ClassVar[tuple[str, ...]] = ("online_actor_lr", "online_batch",
+                                              "exploration_noise")
     """Fields that only act in the online phase: runs that differ in them can share one
     offline pre-training (`offline_from`)."""
 
@@ -91,6 +96,9 @@ class IQLConfig:
         if self.online_batch not in ("uniform", "fixed"):
             raise ValueError(f"iql.online_batch must be 'uniform' or 'fixed', "
                              f"got {self.online_batch!r}")
+        if self.exploration_noise is not None and not self.exploration_noise >= 0.0:
+            raise ValueError(f"iql.exploration_noise must be >= 0 or null, "
+                             f"got {self.exploration_noise}")
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -164,8 +172,10 @@ class IQLAgent(ActorPolicy):
 
     def start_online(self) -> None:
         """IQL fine-tunes online with its offline objective unchanged; only the actor's
-        learning rate may follow its own online rule."""
+        learning rate and the way it explores may follow their own online rules."""
         self.online = True
+        if self.config.exploration_noise is not None:
+            self.actor.exploration_std.fill_(self.config.exploration_noise)
 
     def set_normalization(self, obs_mean: torch.Tensor, obs_std: torch.Tensor,
                           reward_scale: float) -> None:

@@ -286,13 +286,20 @@ def gaussian_log_prob(noise: torch.Tensor, log_std: torch.Tensor) -> torch.Tenso
 
 
 class GaussianActor(nn.Module):
-    """IQL's policy: N(tanh(f(s)), diag σ²) with a state-independent log σ, not squashed."""
+    """IQL's policy: N(tanh(f(s)), diag σ²) with a state-independent log σ, not squashed.
+
+    It acts (`sample`) from that density, or, once `exploration_std` is set to a value ≥ 0,
+    from N(tanh(f(s)), exploration_std²): the mean with small fixed noise, as CORL's
+    deterministic IQL explores. The density it is trained on (`log_prob`) stays the learned
+    one. `exploration_std` is a buffer, so every copy of the policy (rollout actors,
+    checkpoints) acts alike."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
         self.obs_scaler = ObservationScaler(obs_dim)
         self.net = mlp(obs_dim, hidden, act_dim)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.register_buffer("exploration_std", torch.tensor(-1.0))   # < 0: the learned σ
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (B, A) and log σ (A,)."""
@@ -308,7 +315,8 @@ class GaussianActor(nn.Module):
         mean, log_std = self(observations)
         if deterministic:
             return mean
-        return (mean + log_std.exp() * torch.randn_like(mean)).clamp_(-1.0, 1.0)
+        std = self.exploration_std if self.exploration_std >= 0 else log_std.exp()
+        return (mean + std * torch.randn_like(mean)).clamp_(-1.0, 1.0)
 
 
 def squash_log_det(pre_tanh: torch.Tensor) -> torch.Tensor:
