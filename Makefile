@@ -39,7 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_agents.py
 	$(BIN)/python benchmarks/bench_sampling.py
 
-# EDIS against its base agents, like for like (resumable; ~6 h on 2 cores): docs/results.md
+# Can the protocol detect a gain, and does EDIS give one? (resumable; ~8 h on 2 cores): docs/results.md
 evidence: setup
 	$(BIN)/python -m bench.evidence
 

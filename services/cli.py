@@ -329,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, SamplerError, ValueError, OSError) as err:
+    except SamplerError as err:  # another process failed: not refused input
+        if args.debug:
+            raise
+        print(f"edis: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (ConfigError, DatasetError, CheckpointError, ValueError, OSError) as err:
         if args.debug:
             raise
         hint = " (check the path and its permissions)" if isinstance(err, OSError) else ""

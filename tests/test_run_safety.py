@@ -157,10 +157,13 @@ def test_a_refresh_whose_rows_are_all_nonfinite_stops_instead_of_adding_nothing(
         for weight in generator.prior.sampler_net().parameters():  # a prior broken by NaN
             weight.fill_(math.nan)
     table = SyntheticTable(64, 3, 2, SyntheticRateLimit())
-    supply = InProcessSupply(generator, SyntheticSchedule(samples_per_refresh=32, buffer_size=64),
+    supply = InProcessSupply(generator, SyntheticSchedule(samples_per_refresh=32, buffer_size=64,
+                                                          min_positive=5),
                              guided=False, table=table)
+    positives = PositiveBuffer(10)
+    positives.add_episode(rows(5))
     with pytest.raises(ValueError, match="all 32 generated rows were non-finite"):
-        supply.maintain(100, PositiveBuffer(10), ReplayBuffer(10, 3, 2), data,
+        supply.maintain(100, positives, ReplayBuffer(10, 3, 2), data,
                         lambda s: s[:, :2], np.random.default_rng(0))
     assert len(table) == 0
 

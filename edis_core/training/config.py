@@ -90,12 +90,20 @@ class RuntimeConfig:
     """Torch threads of a sampler process that `edis run` starts."""
     stream_batch: int = 1_000
     """Rows per batch of the sampler stream."""
+    require_sampler: bool = False
+    """Stop the run (status "failed", with a checkpoint) when the sampler has not answered
+    for `sampler_grace_seconds`; by default the run goes on with real rows meanwhile and
+    reconnects when the sampler is back."""
+    sampler_grace_seconds: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("actors", "steps_per_call", "calls_in_flight", "learner_threads",
                      "sampler_threads", "stream_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"runtime.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.sampler_grace_seconds >= 0:
+            raise ValueError("runtime.sampler_grace_seconds must be >= 0, got "
+                             f"{self.sampler_grace_seconds}")
 
 
 @dataclass

@@ -14,6 +14,12 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "learning_curve.png"
 
 
+class RunFailure(RuntimeError):
+    """A fault the run cannot go on past (a required service gone for good, say): the run
+    stops with status "failed", a checkpoint of its (sound) state and this one-line reason,
+    and `--resume` continues it once the fault is mended."""
+
+
 def json_safe(value: Any) -> tuple[Any, int]:
     """JSON has no NaN/inf: the value with them as null, and how many were replaced."""
     if isinstance(value, float):

@@ -112,6 +112,10 @@ class SyntheticSupply:
     def close(self) -> None:
         """Stop whatever the supply runs besides the loop (nothing, in process)."""
 
+    def stats(self) -> dict[str, float]:
+        """Counters for the metrics log (none in process)."""
+        return {}
+
     def generator_state(self) -> dict[str, Any]:
         """The generator as a checkpoint should hold it."""
         return self.generator.state_dict()

@@ -39,7 +39,7 @@ from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator
 from edis_core.generator_config import saved_edis_values
 from edis_core.training import checkpoint, provenance
-from edis_core.training.config import TrainConfig
+from edis_core.training.config import GENERATED_MODES, TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
@@ -51,6 +51,7 @@ from edis_core.training.run_log import (
     PLOT_FILE,
     SUMMARY_FILE,
     MetricsLog,
+    RunFailure,
     plot_learning_curve,
     write_summary,
 )
@@ -253,7 +254,13 @@ class Trainer:
                     self._run_phases()
                     self.save_checkpoint()
                 except NonFiniteError as err:
-                    return self._fail(err)
+                    return self._fail(err, saved=False)
+                except RunFailure as err:
+                    self.save_checkpoint()
+                    return self._fail(err, saved=True)
+                except Exception as err:
+                    self._fail(err, saved=False)
+                    raise
                 return self._finish("interrupted" if self._stopping else "completed")
         finally:
             self.online.close()
@@ -334,7 +341,7 @@ class Trainer:
         its own."""
         theirs = read_run_config(source)
         ours = self.config.edis
-        if theirs.synthetic not in ("unguided", "edis") or (
+        if theirs.synthetic not in GENERATED_MODES or (
                 theirs.edis.diffusion, theirs.edis.next_state_delta) != (ours.diffusion,
                                                                          ours.next_state_delta):
             return
@@ -447,7 +454,7 @@ class Trainer:
         if self.supply is not None:
             table = self.synthetic
             stats.update(synthetic_rows=len(table), synthetic_version=table.version,
-                         synthetic_credit=table.credit)
+                         synthetic_credit=table.credit, **self.supply.stats())
         return stats
 
     def _after_step(self, phase: str, losses: dict[str, float], eval_every: int) -> None:
@@ -554,14 +561,25 @@ class Trainer:
                       "continuing on the new ones", provenance.ChangedDataWarning, stacklevel=3)
 
     # ----------------------------------------------------------------- results
-    def _fail(self, err: NonFiniteError) -> dict[str, Any]:
-        """A non-finite loss or value: the weights in memory may already be NaN, so nothing
-        is saved and the last checkpoint stays the run's state."""
+    def _fail(self, err: Exception, saved: bool) -> dict[str, Any]:
+        """The run stops "failed". A non-finite loss or value, or an unexpected error: the
+        weights in memory may be unsound, so nothing is saved and the last checkpoint stays
+        the run's state. A RunFailure: its state is sound and was just saved (`saved`)."""
         phase = self.phase if self.phase in self.steps else "online"
         kept = (f"the last good checkpoint ({_describe(self.checkpointed)}) is kept"
                 if self.checkpointed is not None else "no checkpoint had been written")
-        message = (f"{phase} step {self.steps[phase]}: {err}. The run stopped; {kept}. Check "
-                   "the dataset and lower the learning rates, then start a new run")
+        if saved:
+            advice = f"a checkpoint was written; mend that, then `--resume {self.run_dir}`"
+        elif isinstance(err, NonFiniteError):
+            advice = (f"{kept}. Check the dataset and lower the learning rates, then start a "
+                      "new run")
+        else:
+            advice = (f"{kept}; run it again as `edis --debug ...` for the traceback, and "
+                      "report it")
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not isinstance(err, NonFiniteError | RunFailure):
+            reason = f"unexpected {type(err).__name__}: {reason}"
+        message = f"{phase} step {self.steps[phase]}: {reason}. The run stopped; {advice}"
         self.log.write({"kind": "failure", "phase": phase, "step": self.steps[phase],
                         "error": message})
         return self._finish("failed", error=message)

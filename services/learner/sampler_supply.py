@@ -12,15 +12,26 @@ fewer synthetic rows in the next agent batches.
 Versions on the wire are the learner's own counters. On start, counters are raised above
 what the sampler already holds (a sampler kept from an earlier learner), and batches made
 by weights this learner did not publish are never inserted.
+
+A sampler that fails (killed, restarted, unreachable) is a fault of another process, not of
+the run: the learner notes the outage (a "sampler" record, a line on stderr, the sampler_*
+stats), goes on with real rows (the batch rule fills the synthetic share with offline
+rows), probes it with backoff, and when one answers again publishes the prior and the
+current energies to it at versions above what it holds, then reads its stream afresh. With
+`runtime.require_sampler`, an outage longer than `runtime.sampler_grace_seconds` stops the
+run as failed instead (RunFailure: a checkpoint and a one-line reason).
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 
@@ -28,6 +39,7 @@ from edis_core.agents import Agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.generator import SyntheticGenerator
 from edis_core.training.config import RuntimeConfig, SyntheticSchedule
+from edis_core.training.run_log import RunFailure
 from edis_core.training.synthetic import (
     Policy,
     RefreshCancelled,
@@ -38,8 +50,56 @@ from edis_core.training.synthetic import (
 from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Transitions
 from services.learner.stream import SamplerStreamReader
-from services.sampler.client import SamplerClient
+from services.sampler.client import SamplerClient, SamplerError
 from services.sampler.weights import ENERGY_PREFIX, PRIOR, model_names
+
+PROBE_SECONDS = 0.5  # the longest a reconnect probe holds the learner's loop
+MAX_BACKOFF_SECONDS = 30.0
+# Codes of a sampler that is gone or was replaced (a restarted one holds no prior: its
+# FAILED_PRECONDITION), as opposed to a call it refused for what was sent.
+FAULTS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+          grpc.StatusCode.CANCELLED, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def is_fault(err: SamplerError) -> bool:
+    return err.code in FAULTS
+
+
+@dataclass
+class SamplerLink:
+    """What the learner knows of its sampler: up or down since when, and the outages so far."""
+
+    up: bool = True
+    down_since: float = 0.0
+    outages: int = 0
+    seconds_down_before: float = 0.0  # over outages that ended
+    next_probe: float = 0.0
+    backoff: float = 1.0
+    reconnects: int = 0
+
+    def lost(self, now: float) -> bool:
+        """Mark it down; True if it was up (a new outage)."""
+        if not self.up:
+            return False
+        self.up, self.down_since, self.backoff = False, now, 1.0
+        self.outages += 1
+        self.next_probe = now + self.backoff
+        return True
+
+    def probe_failed(self, now: float) -> None:
+        self.backoff = min(2.0 * self.backoff, MAX_BACKOFF_SECONDS)
+        self.next_probe = now + self.backoff
+
+    def back(self, now: float) -> float:
+        """Mark it up again; returns how long it was down."""
+        down = now - self.down_since
+        self.seconds_down_before += down
+        self.up = True
+        self.reconnects += 1
+        return down
+
+    def seconds_down(self, now: float) -> float:
+        return self.seconds_down_before + (0.0 if self.up else now - self.down_since)
 
 
 class BackgroundRefresh:
@@ -92,39 +152,38 @@ class SamplerSupply(SyntheticSupply):
         self._snapshot: dict[str, Any] | None = None  # the generator before a running refresh
         self._floor = 0  # batches tagged below this were made by weights of someone else
         self.counts = {"batches": 0, "rows": 0, "foreign_rows": 0}
+        self.link = SamplerLink()
+        self._step = 0  # the env step of the loop's last call, for the records
+        self._records: list[dict[str, Any]] = []  # sampler events for the next maintain()
+        self._last_rows = time.monotonic()  # when synthetic rows last entered the table
 
     # ------------------------------------------------------------------ the loop's calls
     def start(self) -> None:
         """Publish what this learner has trained, at versions above what the sampler holds,
-        and open the stream."""
+        and open the stream; a sampler that does not answer yet is an outage, not an error."""
         super().start()
-        held = self._held_versions()
-        self.prior_version = max(self.prior_version, held[PRIOR] + 1)
-        trained = ["prior"]
-        self._floor = self.prior_version
-        if self.guided:
-            held_energy = max(v for m, v in held.items() if m.startswith(ENERGY_PREFIX))
-            if self.generator.energies_trained:
-                self.energy_version = max(self.energy_version, held_energy + 1)
-                trained.append("energies")
-                self._floor = self.energy_version
-            else:  # the first refresh publishes the first energies of this learner
-                self.energy_version = max(self.energy_version, held_energy)
-                self._floor = self.energy_version + 1
-        self._publish(trained)
-        self.table.advance(self.model_version)
-        self.reader = SamplerStreamReader(self.address, self.runtime.stream_batch, self.guided)
+        self._connect(self.client.connect_timeout)
 
     def maintain(self, env_step: int, positives: PositiveBuffer, replay: ReplayBuffer,
                  offline: Transitions, policy: Policy,
                  rng: np.random.Generator) -> list[dict[str, Any]]:
-        records = []
+        self._step = env_step
         if self.refresh is not None and self.refresh.done():
-            records.append(self._finish_refresh(env_step))
+            self._records.append(self._finish_refresh(env_step))
         if self.refresh is None and self.due(env_step, positives):
             self._start_refresh(env_step, positives, replay, offline, rng)
+        if not self.link.up:
+            self._probe()
         self._take_batches()
+        records, self._records = self._records, []
         return records
+
+    def stats(self) -> dict[str, float]:
+        now = time.monotonic()
+        return {"sampler_up": float(self.link.up), "sampler_outages": self.link.outages,
+                "sampler_down_seconds": self.link.seconds_down(now),
+                "sampler_reconnects": self.link.reconnects,
+                "synthetic_starved_seconds": now - self._last_rows}
 
     def generator_state(self) -> dict[str, Any]:
         """While a refresh trains, the generator as it was before it: a checkpoint taken now
@@ -173,7 +232,13 @@ class SamplerSupply(SyntheticSupply):
         stats = refresh.result
         trained = self.advance_versions(stats)
         start = time.perf_counter()
-        self._publish(trained)
+        if self.link.up:  # else the reconnection publishes everything, these included
+            try:
+                self._publish(trained)
+            except SamplerError as err:
+                if not is_fault(err):
+                    raise
+                self._lose(err)
         self.table.advance(self.model_version)
         self.last_refresh = refresh.step
         stats.update(step=env_step, started_at_step=refresh.step,
@@ -182,8 +247,74 @@ class SamplerSupply(SyntheticSupply):
         return stats
 
     # ---------------------------------------------------------------------- the sampler
+    def _connect(self, timeout: float) -> None:
+        """Bring the sampler up to date with this learner (every model it has trained, at
+        versions above the sampler's) and read its stream afresh; on a fault, an outage."""
+        try:
+            self.client.wait_ready(timeout)
+            self._publish_all(self._held_versions())
+        except SamplerError as err:
+            if not is_fault(err):
+                raise
+            self._lose(err)
+            return
+        if self.reader is not None:
+            self.reader.close()
+        self.reader = SamplerStreamReader(self.address, self.runtime.stream_batch, self.guided)
+        if not self.link.up:
+            down = self.link.back(time.monotonic())
+            self._event("up", f"the sampler at {self.address} answers again after "
+                              f"{down:.0f} s; published the prior (version "
+                              f"{self.prior_version}) and the energies (version "
+                              f"{self.energy_version}) to it", down_seconds=down)
+
+    def _publish_all(self, held: dict[str, int]) -> None:
+        self.prior_version = max(self.prior_version, held[PRIOR] + 1)
+        trained = ["prior"]
+        self._floor = self.prior_version
+        if self.guided:
+            held_energy = max(v for m, v in held.items() if m.startswith(ENERGY_PREFIX))
+            if self.generator.energies_trained:
+                self.energy_version = max(self.energy_version, held_energy + 1)
+                trained.append("energies")
+                self._floor = self.energy_version
+            else:  # the first refresh publishes the first energies of this learner
+                self.energy_version = max(self.energy_version, held_energy)
+                self._floor = self.energy_version + 1
+        self._publish(trained)
+        self.table.advance(self.model_version)
+
+    def _probe(self) -> None:
+        """While the sampler is down: try it again when its backoff has passed, briefly."""
+        now = time.monotonic()
+        runtime = self.runtime
+        if runtime.require_sampler and now - self.link.down_since > runtime.sampler_grace_seconds:
+            raise RunFailure(f"the sampler at {self.address} has not answered for "
+                             f"{now - self.link.down_since:.0f} s "
+                             f"(runtime.require_sampler, grace {runtime.sampler_grace_seconds:g}"
+                             " s)")
+        if now < self.link.next_probe:
+            return
+        self._connect(PROBE_SECONDS)
+        if not self.link.up:
+            self.link.probe_failed(time.monotonic())
+
+    def _lose(self, err: SamplerError) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if self.link.lost(time.monotonic()):
+            self._event("down", f"the sampler at {self.address} failed ({err}); training on "
+                                "real rows, reconnecting with backoff")
+
+    def _event(self, event: str, message: str, **extra: float) -> None:
+        print(f"edis: sampler {event}: {message}", file=sys.stderr, flush=True)
+        self._records.append({"kind": "sampler", "phase": "online", "step": self._step,
+                              "event": event, "message": message, **extra})
+
     def _held_versions(self) -> dict[str, int]:
-        status = self.client.status()["versions"]
+        status = self.client.status(timeout=PROBE_SECONDS if not self.link.up
+                                    else None)["versions"]
         return {PRIOR: status["prior"], "energy/state": status["state_energy"],
                 "energy/policy": status["policy_energy"],
                 "energy/transition": status["transition_energy"]}
@@ -200,9 +331,14 @@ class SamplerSupply(SyntheticSupply):
 
     def _take_batches(self) -> None:
         """Insert received batches while the table's credit runs low."""
-        assert self.reader is not None
-        while self.table.wants_rows():
-            batch = self.reader.take()
+        while self.reader is not None and self.table.wants_rows():
+            try:
+                batch = self.reader.take()
+            except SamplerError as err:
+                if not is_fault(err):
+                    raise
+                self._lose(err)
+                return
             if batch is None:
                 return
             tag = self._tag(batch.versions)
@@ -210,7 +346,10 @@ class SamplerSupply(SyntheticSupply):
             if tag < self._floor:
                 self.counts["foreign_rows"] += len(batch)
                 continue
-            self.counts["rows"] += self.table.insert(clip_actions(batch.transitions), tag)
+            kept = self.table.insert(clip_actions(batch.transitions), tag)
+            self.counts["rows"] += kept
+            if kept:
+                self._last_rows = time.monotonic()
 
     def _tag(self, versions: dict[str, int]) -> int:
         if not self.guided:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import queue
 import threading
 
+import grpc
+
 from services.sampler.client import SamplerClient, SamplerError
 from services.sampler.wire import SyntheticBatch
 
 
 class SamplerStreamReader:
     def __init__(self, address: str, batch_size: int, guided: bool, *, depth: int = 2,
-                 consumer: str = "learner", reconnect_seconds: float = 60.0):
+                 consumer: str = "learner", reconnect_seconds: float = 5.0):
         self._client = SamplerClient(address, reconnect_seconds=reconnect_seconds)
         self._batches: queue.Queue[SyntheticBatch] = queue.Queue(maxsize=depth)
         self._closing = threading.Event()
@@ -43,12 +45,15 @@ class SamplerStreamReader:
 
     def take(self) -> SyntheticBatch | None:
         """A received batch, or None if none is at hand; raises the reader's error if the
-        stream failed for good (the sampler refused it or stayed unreachable)."""
+        stream failed for good (the sampler refused it, or stayed unreachable for
+        `reconnect_seconds`: UNAVAILABLE)."""
         try:
             return self._batches.get_nowait()
         except queue.Empty:
             if self.error is not None:
-                raise SamplerError(f"the sampler stream failed: {self.error}") from self.error
+                code = getattr(self.error, "code", None) or grpc.StatusCode.UNAVAILABLE
+                raise SamplerError(f"the sampler stream failed: {self.error}",
+                                   code) from self.error
             return None
 
     def close(self) -> None:

@@ -86,6 +86,17 @@ class LearnerMetrics:
         self.energy_accuracy = Gauge("edis_energy_accuracy",
                                      "InfoNCE accuracy (positive ranked first) of the last "
                                      "energy training", ["energy"], registry=r)
+        self.sampler_up = Gauge("edis_learner_sampler_up",
+                                "1 while the sampler answers the learner, 0 during an outage",
+                                registry=r)
+        self.sampler_outages = Counter("edis_learner_sampler_outages_total",
+                                       "Outages of the sampler seen by the learner", registry=r)
+        self.sampler_down_seconds = Counter("edis_learner_sampler_down_seconds_total",
+                                            "Seconds the sampler did not answer the learner",
+                                            registry=r)
+        self.starved_seconds = Gauge("edis_synthetic_starved_seconds",
+                                     "Seconds since synthetic rows last entered the table",
+                                     registry=r)
         self.trainer: Trainer | None = None
         self._seen: dict[str, float] = {}
 
@@ -145,19 +156,23 @@ class LearnerMetrics:
         """Every running total the learner keeps, by counter key."""
         online = trainer.online.stats()
         table = trainer.synthetic
+        link = trainer.supply.stats() if trainer.supply is not None else {}
         return {"updates/prior": trainer.steps["prior"],
                 "updates/offline": trainer.steps["offline"],
                 "updates/online": trainer.updates, "env_steps": trainer.steps["online"],
                 "actor_restarts": online.get("actor_restarts", 0),
                 "calls_lost": online.get("actor_calls_lost", 0),
                 "synthetic/inserted": table.inserted, "synthetic/sampled": table.sampled,
-                "synthetic/dropped_stale": table.dropped_stale}
+                "synthetic/dropped_stale": table.dropped_stale,
+                "sampler_outages": link.get("sampler_outages", 0),
+                "sampler_down_seconds": link.get("sampler_down_seconds", 0.0)}
 
     def _counter(self, key: str) -> Counter:
         family, _, label = key.partition("/")
         counters = {"updates": self.updates, "env_steps": self.env_steps,
                     "actor_restarts": self.actor_restarts, "calls_lost": self.calls_lost,
-                    "synthetic": self.synthetic_rows}
+                    "synthetic": self.synthetic_rows, "sampler_outages": self.sampler_outages,
+                    "sampler_down_seconds": self.sampler_down_seconds}
         return counters[family].labels(label) if label else counters[family]
 
     def _read_state(self) -> None:
@@ -183,3 +198,7 @@ class LearnerMetrics:
         if supply is not None:
             self.published_version.labels("prior").set(supply.prior_version)
             self.published_version.labels("energies").set(supply.energy_version)
+            link = supply.stats()
+            if "sampler_up" in link:
+                self.sampler_up.set(link["sampler_up"])
+                self.starved_seconds.set(link["synthetic_starved_seconds"])

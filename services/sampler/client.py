@@ -81,10 +81,10 @@ class SamplerClient:
                                "check the address", grpc.StatusCode.UNAVAILABLE) from err
 
     # ---------------------------------------------------------------------------- calls
-    def status(self) -> dict[str, Any]:
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
         """GetStatus as a plain dict: proto field names, every field present, integers as
-        ints."""
-        self.wait_ready()
+        ints; `timeout`: how long to wait for the sampler (default `connect_timeout`)."""
+        self.wait_ready(timeout)
         try:
             reply = self._stub.GetStatus(pb.GetStatusRequest(), timeout=self.call_timeout)
         except grpc.RpcError as err:
