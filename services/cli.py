@@ -37,6 +37,10 @@ DEMO_STEPS = 50_000
 DEMO_RUN_DIR = Path("runs/demo")
 
 
+# `edis demo` hands these to `edis run` as it got them.
+SAMPLER_SECURITY_FLAGS = ("sampler_ca", "sampler_cert", "sampler_key", "sampler_token_file",
+                          "sampler_server_name")
+
 def _print_json(data: Any) -> None:
     """Valid JSON always: NaN/inf print as null, counted in `nonfinite_as_null`."""
     from edis_core.training.run_log import to_json
@@ -160,12 +164,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from services.learner.run import distributed_trainer, save_policy
     from services.metrics.endpoint import metrics_endpoint
+    from services.sampler.security import client_security
 
     config = _new_config(args)
     with distributed_trainer(Path(args.resume or args.run_dir), config,
                              accept_changed_data=args.accept_changed_data,
                              ray_address=args.ray_address,
                              sampler_address=args.sampler_address,
+                             sampler_security=client_security(args),
                              metrics=metrics_endpoint(args),
                              ray_node=args.ray_node) as trainer:
         summary = trainer.run()
@@ -210,7 +216,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.dataset == DEMO_DATASET:
         ensure_demo_dataset()
     run_dir = Path(args.run_dir)
-    joined = [arg for flag in ("ray_address", "sampler_address", "metrics_port", "metrics_host")
+    joined = [arg for flag in ("ray_address", "sampler_address", "metrics_port", "metrics_host",
+                               *SAMPLER_SECURITY_FLAGS)
               if (value := getattr(args, flag)) is not None
               for arg in ("--" + flag.replace("_", "-"), str(value))]
     joined += ["--ray-node"] if args.ray_node else []
@@ -231,6 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from services.metrics.endpoint import add_metrics_arguments
+    from services.sampler.security import add_client_arguments as add_sampler_client_arguments
 
     parser = argparse.ArgumentParser(prog="edis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "start a Ray node without CPUs here first (stopped on exit)")
     run.add_argument("--sampler-address", metavar="HOST:PORT",
                      help="use this running sampler instead of starting one on 127.0.0.1")
+    add_sampler_client_arguments(run)
     add_metrics_arguments(run)
     run.set_defaults(func=cmd_run)
 
@@ -309,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --ray-address: start a Ray node without CPUs here first")
     demo.add_argument("--sampler-address", metavar="HOST:PORT",
                       help="use this running sampler instead of starting one")
+    add_sampler_client_arguments(demo)
     add_metrics_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 

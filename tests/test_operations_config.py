@@ -112,6 +112,21 @@ def test_every_python_service_runs_an_entry_point_of_the_project(resolved):
             assert not unknown, f"{name}: `ray start` has no {unknown}"
 
 
+def test_the_sampler_is_checked_by_the_small_probe_and_guarded_by_a_token(resolved):
+    from services.sampler.probe import build_parser as probe_parser
+
+    sampler, learner = resolved["services"]["sampler"], resolved["services"]["learner"]
+    kind, program, flag, module, *arguments = sampler["healthcheck"]["test"]
+    assert (kind, program, flag, module) == ("CMD", "python", "-m", "services.sampler.probe")
+    assert probe_parser().parse_args(arguments).answering   # before the first publish too
+    token = "/run/secrets/sampler_token"
+    assert sampler["command"][sampler["command"].index("--token-file") + 1] == token
+    assert learner["command"][learner["command"].index("--sampler-token-file") + 1] == token
+    for service in (sampler, learner):
+        assert "sampler_token" in {s["source"] for s in service["secrets"]}
+    assert resolved["secrets"]["sampler_token"]["environment"] == "EDIS_SAMPLER_TOKEN"
+
+
 def test_the_entry_point_check_can_fail():
     assert _edis_parser_accepts(["demo", "--no-such-flag"]) is not None
     assert _edis_parser_accepts(["sampler", "serve", "--metrics-port", "x"]) is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -149,6 +150,16 @@ class Launcher:
         self.cluster.save()
         return process
 
+    def _sampler_token(self) -> Path:
+        """A fresh random token for this cluster's sampler, readable by its owner only (the
+        compose file's sampler_token secret)."""
+        path = self.directory / "sampler_token"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        return path
+
     def up(self, learner_args: list[str]) -> Cluster:
         """Start everything, in the order of the compose file's health checks; on a failure
         stop what was started and raise."""
@@ -184,9 +195,11 @@ class Launcher:
                 f"--dashboard-agent-listen-port={ports[f'ray-worker-{i}-agent']}", *ray_node])
             _wait(f"Ray worker node {i}", lambda w=worker: node_started(Path(w.log)), 180,
                   cluster)
+        token = self._sampler_token()
         self._start("sampler", [
             executable("edis"), "sampler", "serve", "--host", LOOPBACK, "--port",
-            str(ports["sampler"]), "--metrics-port", str(ports["sampler-metrics"])])
+            str(ports["sampler"]), "--metrics-port", str(ports["sampler-metrics"]),
+            "--token-file", str(token)])
         config = write_local_config(self.directory / "prometheus.yml", cluster.addresses,
                                     self.scrape_interval)
         self._start("prometheus", [
@@ -197,7 +210,8 @@ class Launcher:
         self._start("learner", [
             executable("edis"), "demo", "--run-dir", str(self.directory / "run"),
             "--ray-address", ray_address, "--sampler-address", f"{LOOPBACK}:{ports['sampler']}",
-            "--ray-node", "--metrics-port", str(ports["learner-metrics"]), *learner_args])
+            "--sampler-token-file", str(token), "--ray-node",
+            "--metrics-port", str(ports["learner-metrics"]), *learner_args])
         _wait("Prometheus", lambda: _listening(ports["prometheus"]), 60, cluster)
 
 

@@ -24,6 +24,7 @@ from services.learner.sampler_supply import SamplerSupply
 from services.metrics.endpoint import MetricsEndpoint, serving
 from services.metrics.learner import LearnerMetrics
 from services.rollout import save_policy_module
+from services.sampler.security import ClientSecurity
 
 POLICY_MODULE_DIR = "rlmodule"
 
@@ -31,9 +32,11 @@ POLICY_MODULE_DIR = "rlmodule"
 class Distributed:
     """The runtime of `edis run`: rollout actors and the sampler service."""
 
-    def __init__(self, runtime: RuntimeConfig, sampler_address: str):
+    def __init__(self, runtime: RuntimeConfig, sampler_address: str,
+                 sampler_security: ClientSecurity | None = None):
         self.runtime = runtime
         self.sampler_address = sampler_address
+        self.sampler_security = sampler_security
 
     def online_source(self, trainer: Trainer) -> OnlineSource:
         return RolloutActorsSource(trainer, self.runtime)
@@ -43,7 +46,7 @@ class Distributed:
         return SamplerSupply(generator, trainer.config.schedule,
                              guided=trainer.config.synthetic == "edis", table=trainer.synthetic,
                              agent=trainer.agent, address=self.sampler_address,
-                             runtime=self.runtime)
+                             runtime=self.runtime, security=self.sampler_security)
 
 
 def save_policy(trainer: Trainer) -> Path:
@@ -60,12 +63,15 @@ def save_policy(trainer: Trainer) -> Path:
 def distributed_trainer(run_dir: Path, config: TrainConfig | None, *,
                         accept_changed_data: bool = False, ray_address: str | None = None,
                         sampler_address: str | None = None,
+                        sampler_security: ClientSecurity | None = None,
                         metrics: MetricsEndpoint | None = None,
                         ray_node: bool = False) -> Iterator[Trainer]:
     """A Trainer on the distributed runtime: a new run of `config`, or (config None) the
     resumed run in `run_dir`. Ray and the sampler run for the length of the block, and the
     learner's Prometheus metrics are served at `metrics` (None: not served). `ray_node`:
-    start a Ray node without CPUs on this host joining `ray_address` first."""
+    start a Ray node without CPUs on this host joining `ray_address` first.
+    `sampler_security`: TLS and token for a sampler at `sampler_address` (one this call
+    starts listens on 127.0.0.1 in plaintext)."""
     saved = config or read_run_config(run_dir)
     device = resolve_device(saved.device)
     learner_metrics = LearnerMetrics()
@@ -76,7 +82,9 @@ def distributed_trainer(run_dir: Path, config: TrainConfig | None, *,
             sampler_threads=saved.runtime.sampler_threads,
             sampler_device=str(device) if device.type == "cuda" else "cpu",
             ray_node=ray_node) as services:
-        runtime = Distributed(saved.runtime, services.sampler_address or "")
+        own = services.sampler_pid is not None
+        runtime = Distributed(saved.runtime, services.sampler_address or "",
+                              None if own else sampler_security)
         if config is None:
             trainer = Trainer.load(run_dir, accept_changed_data, runtime)
         else:

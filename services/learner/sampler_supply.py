@@ -51,6 +51,7 @@ from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Transitions
 from services.learner.stream import SamplerStreamReader
 from services.sampler.client import SamplerClient, SamplerError
+from services.sampler.security import ClientSecurity
 from services.sampler.weights import ENERGY_PREFIX, PRIOR, model_names
 
 PROBE_SECONDS = 0.5  # the longest a reconnect probe holds the learner's loop
@@ -141,12 +142,13 @@ class BackgroundRefresh:
 class SamplerSupply(SyntheticSupply):
     def __init__(self, generator: SyntheticGenerator, schedule: SyntheticSchedule,
                  guided: bool, table: SyntheticTable, agent: Agent, address: str,
-                 runtime: RuntimeConfig):
+                 runtime: RuntimeConfig, security: ClientSecurity | None = None):
         super().__init__(generator, schedule, guided, table)
         self.agent = agent
         self.address = address
         self.runtime = runtime
-        self.client = SamplerClient(address)
+        self.security = security
+        self.client = SamplerClient(address, security=security)
         self.reader: SamplerStreamReader | None = None
         self.refresh: BackgroundRefresh | None = None
         self._snapshot: dict[str, Any] | None = None  # the generator before a running refresh
@@ -260,7 +262,8 @@ class SamplerSupply(SyntheticSupply):
             return
         if self.reader is not None:
             self.reader.close()
-        self.reader = SamplerStreamReader(self.address, self.runtime.stream_batch, self.guided)
+        self.reader = SamplerStreamReader(self.address, self.runtime.stream_batch, self.guided,
+                                          security=self.security)
         if not self.link.up:
             down = self.link.back(time.monotonic())
             self._event("up", f"the sampler at {self.address} answers again after "

@@ -13,13 +13,16 @@ import threading
 import grpc
 
 from services.sampler.client import SamplerClient, SamplerError
+from services.sampler.security import ClientSecurity
 from services.sampler.wire import SyntheticBatch
 
 
 class SamplerStreamReader:
     def __init__(self, address: str, batch_size: int, guided: bool, *, depth: int = 2,
-                 consumer: str = "learner", reconnect_seconds: float = 5.0):
-        self._client = SamplerClient(address, reconnect_seconds=reconnect_seconds)
+                 consumer: str = "learner", reconnect_seconds: float = 5.0,
+                 security: ClientSecurity | None = None):
+        self._client = SamplerClient(address, reconnect_seconds=reconnect_seconds,
+                                     security=security)
         self._batches: queue.Queue[SyntheticBatch] = queue.Queue(maxsize=depth)
         self._closing = threading.Event()
         self.error: BaseException | None = None

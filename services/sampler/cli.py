@@ -6,6 +6,12 @@ import argparse
 import json
 
 from services.metrics.endpoint import add_metrics_arguments, metrics_endpoint
+from services.sampler.security import (
+    add_client_arguments,
+    add_server_arguments,
+    client_security,
+    server_security,
+)
 from services.sampler.server import ServeOptions
 
 
@@ -33,12 +39,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-publish-bytes", type=int, default=ServeOptions.max_publish_bytes)
     serve.add_argument("--max-parameters", type=int, default=ServeOptions.max_parameters)
     add_metrics_arguments(serve)
+    add_server_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     status = sampler.add_parser("status", help="print a sampler's GetStatus as JSON")
     status.add_argument("address", help="HOST:PORT, e.g. 127.0.0.1:50051")
     status.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for the sampler (default %(default)s)")
+    add_client_arguments(status)
     status.set_defaults(func=cmd_status)
 
 
@@ -50,13 +58,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         queue_batches=args.queue_batches, seed=args.seed, from_run=args.from_run,
         max_consumers=args.max_consumers, max_batch_rows=args.max_batch_rows,
         max_publish_bytes=args.max_publish_bytes, max_parameters=args.max_parameters,
-        metrics=metrics_endpoint(args)))
+        metrics=metrics_endpoint(args), security=server_security(args)))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from services.sampler.client import SamplerClient
 
-    with SamplerClient(args.address, connect_timeout=args.timeout,
-                       call_timeout=args.timeout) as client:
+    with SamplerClient(args.address, connect_timeout=args.timeout, call_timeout=args.timeout,
+                       security=client_security(args)) as client:
         print(json.dumps(client.status(), indent=2))
     return 0

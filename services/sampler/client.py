@@ -26,8 +26,8 @@ from edis_core.generator import SyntheticGenerator
 from protos.edis.sampler.v1 import sampler_pb2 as pb
 from protos.edis.sampler.v1 import sampler_pb2_grpc as pb_grpc
 from services.sampler import weights as w
+from services.sampler.security import ClientSecurity
 from services.sampler.wire import (
-    CHANNEL_OPTIONS,
     CHUNK_BYTES,
     SERVICE_NAME,
     SyntheticBatch,
@@ -51,12 +51,14 @@ def _refused(call: str, err: grpc.RpcError) -> SamplerError:
 
 class SamplerClient:
     def __init__(self, address: str, *, connect_timeout: float = 30.0, call_timeout: float = 120.0,
-                 reconnect_seconds: float = 60.0):
+                 reconnect_seconds: float = 60.0, security: ClientSecurity | None = None):
         self.address = address
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
         self.reconnect_seconds = reconnect_seconds
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.security = security or ClientSecurity()
+        self._metadata = self.security.metadata()
+        self._channel = self.security.channel(address)
         self._stub = pb_grpc.SamplerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -86,7 +88,8 @@ class SamplerClient:
         ints; `timeout`: how long to wait for the sampler (default `connect_timeout`)."""
         self.wait_ready(timeout)
         try:
-            reply = self._stub.GetStatus(pb.GetStatusRequest(), timeout=self.call_timeout)
+            reply = self._stub.GetStatus(pb.GetStatusRequest(), timeout=self.call_timeout,
+                                         metadata=self._metadata)
         except grpc.RpcError as err:
             raise _refused("GetStatus", err) from err
         return _with_ints(reply, MessageToDict(reply, preserving_proto_field_name=True,
@@ -115,7 +118,8 @@ class SamplerClient:
     def publish_messages(self, messages: list[pb.PublishWeightsRequest]) -> dict[str, int]:
         self.wait_ready()
         try:
-            reply = self._stub.PublishWeights(iter(messages), timeout=self.call_timeout)
+            reply = self._stub.PublishWeights(iter(messages), timeout=self.call_timeout,
+                                              metadata=self._metadata)
         except grpc.RpcError as err:
             raise _refused("PublishWeights", err) from err
         return versions_from_proto(reply.versions)
@@ -131,7 +135,8 @@ class SamplerClient:
                 batch_size=batch_size, max_batches=max_batches - received if max_batches else 0,
                 guidance=pb.GUIDANCE_GUIDED if guided else pb.GUIDANCE_UNGUIDED,
                 consumer=consumer)
-            call = self._stub.StreamBatches(request, wait_for_ready=True)
+            call = self._stub.StreamBatches(request, wait_for_ready=True,
+                                            metadata=self._metadata)
             try:
                 for batch in _whole_batches(call):
                     received += 1

@@ -31,6 +31,7 @@ from protos.edis.sampler.v1 import sampler_pb2_grpc as pb_grpc
 from services.metrics.endpoint import MetricsEndpoint, serving
 from services.metrics.sampler import SamplerMetrics
 from services.sampler import weights as w
+from services.sampler.security import ServerSecurity
 from services.sampler.wire import (
     CHANNEL_OPTIONS,
     SERVICE_NAME,
@@ -64,6 +65,7 @@ class ServeOptions:
     from_run: str | None = None  # start with the generator of an `edis train` run
     grace_seconds: float = 5.0  # on SIGTERM, how long open RPCs get to end
     metrics: MetricsEndpoint | None = None  # Prometheus /metrics; None: no endpoint
+    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, bearer token
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -510,7 +512,10 @@ def generator_from_run(run_dir: Path, device: torch.device) -> tuple[SyntheticGe
 async def serve(options: ServeOptions) -> int:
     torch.set_num_threads(options.threads)
     metrics = SamplerMetrics()
-    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[metrics.interceptor()])
+    # Metrics first, so that calls the token check refuses are counted too.
+    server = grpc.aio.server(options=CHANNEL_OPTIONS,
+                             interceptors=[metrics.interceptor(),
+                                           *options.security.interceptors()])
     health = health_aio.HealthServicer()
     service = SamplerService(options, health, metrics)
     metrics.watch(service)
@@ -524,8 +529,10 @@ async def serve(options: ServeOptions) -> int:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     address = f"{options.host}:{options.port}"
+    credentials = options.security.credentials()
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
     except RuntimeError as err:
         raise ValueError(f"cannot listen on {address} ({err}); choose another --port or "
                          "--port 0 for any free one") from err
@@ -542,8 +549,12 @@ async def _serve_until_stopped(server: grpc.aio.Server, service: SamplerService,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     generation = asyncio.create_task(service.generate_forever())
+    security = options.security
+    transport = ("mutual TLS" if security.client_ca else "TLS" if security.cert
+                 else "plaintext") + (", bearer token" if security.token_file else "")
     print(f"edis sampler listening on {options.host}:{port} "
-          f"(device {service.device}, {options.threads} torch thread(s))", flush=True)
+          f"(device {service.device}, {options.threads} torch thread(s), {transport})",
+          flush=True)
     await stop_requested.wait()
     print("edis sampler: shutting down", file=sys.stderr, flush=True)
     await service.shutdown()
