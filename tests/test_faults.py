@@ -158,3 +158,67 @@ def test_a_learner_killed_outright_leaves_nothing_running_and_resumes_continuous
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert sum(r["length"] for r in episodes) == summary["steps"]["online"]
+
+
+def test_a_lost_worker_node_costs_its_calls_and_its_actor_moves_to_a_free_cpu(hopper_dataset,
+                                                                             tmp_path):
+    """`make cluster` with two worker nodes and one rollout actor: the node hosting the actor
+    is killed outright (every process of it, as a machine lost would); Ray re-creates the
+    actor on the other node, the learner counts the lost calls and completes its run."""
+    import os
+    import shutil
+
+    from services.cluster.local import STATE_FILE, Cluster
+    from services.cluster.ray_node import session_members
+    from tests.test_operations_config import INSTALL_PROMETHEUS
+
+    if shutil.which("prometheus") is None:
+        pytest.fail(INSTALL_PROMETHEUS)
+    directory = tmp_path / "cluster"
+    settings = [*TINY, *TINY_EDIS, "online_steps=4000", "checkpoint_every=2000",
+                "edis.diffusion.train_steps=50", "offline_steps=20", "offline_eval_every=20"]
+    command = [sys.executable, "-m", "services.cluster"]
+    up = subprocess.run([*command, "up", "--dir", str(directory), "--workers", "2",
+                         "--prometheus-port", "0", "--", "--dataset", hopper_dataset,
+                         "--actors", "1", *(a for s in settings for a in ("--set", s))],
+                        capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = Cluster.load(directory)
+        learner = next(p for p in state.processes if p.name == "learner")
+
+        def hosting_node() -> int | None:
+            for process in state.processes:
+                if process.name.startswith("ray-worker"):
+                    for pid in session_members(process.pid):
+                        try:
+                            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                        except OSError:
+                            continue
+                        if b"RolloutActor" in cmdline:
+                            return process.pid
+            return None
+
+        deadline = time.monotonic() + 300
+        while (node := hosting_node()) is None or not (directory / "run" / "checkpoint").exists():
+            assert session_members(learner.pid), Path(learner.log).read_text()[-3000:]
+            assert time.monotonic() < deadline, "the actor never started on a worker node"
+            time.sleep(1)
+        for pid in session_members(node):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 300
+        while hosting_node() in (None, node):                 # re-created on the other node
+            assert time.monotonic() < deadline, Path(learner.log).read_text()[-3000:]
+            time.sleep(1)
+        deadline = time.monotonic() + 600
+        while not (directory / "run" / "summary.json").exists():
+            assert time.monotonic() < deadline, Path(learner.log).read_text()[-3000:]
+            assert session_members(learner.pid), Path(learner.log).read_text()[-3000:]
+            time.sleep(2)
+        summary = json.loads((directory / "run" / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"]["online"] >= 4000
+        stats = last_train(directory / "run")
+        assert stats["actor_restarts"] >= 1 and stats["actor_calls_lost"] >= 1, stats
+    finally:
+        if (directory / STATE_FILE).exists():
+            subprocess.run([*command, "down", "--dir", str(directory)], timeout=300)
