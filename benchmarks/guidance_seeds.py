@@ -7,7 +7,8 @@ or reuses a finished run in the same folder, then diagnoses each run's latest mo
 out: collected after the last refresh), the relative policy score log π(a|s) − E_{a'∼π}
 log π(a'|s), next-state and reward error against the simulator, for guided and unguided
 samples of the same prior, and the transition energy's effect (w_T > 0 against w_T = 0). Per
-seed it also reports the realised shift on the toy of EDIS.md's Theorem 3.1 in one dimension
+seed it also reports the realised shift on the toy of Theorem 3.1 (docs/algorithm.md §3) in one
+dimension
 (p = N(0, 1), q = N(1, 1), the default sampler on p's exact denoiser), guided by the exact
 noised energy and by one that the default InfoNCE learned from 10,000 samples a side.
 

@@ -3,7 +3,7 @@
 ReplayBuffer: a preallocated float32 ring of transitions (real online data, optionally
 offline data), sampled uniformly by the agent.
 PositiveBuffer: a FIFO of the most recent *whole* trajectories; its states are the positives
-of the state energy E_s, an approximation of d^π (EDIS.md §5; Sinha et al. 2022).
+of the state energy E_s, an approximation of d^π (docs/algorithm.md §5; Sinha et al. 2022).
 
 Both refuse NaN/inf rows (−inf mc_returns mark an unknown return) and save to .npz without
 pickle so a checkpoint can be read by another process. Neither is thread-safe: one owner

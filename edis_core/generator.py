@@ -1,5 +1,5 @@
 """The synthetic-transition generator that the training loop calls: prior, energies, guided
-sampler (EDIS.md §2-§6).
+sampler (docs/algorithm.md §2-§6).
 
 Offline: `train_prior` fits p_θ on the dataset. Online, each refresh: `train_energies` learns
 E_s, E_π, E_T by InfoNCE (edis_core/energy/training.py), then `generate` draws transitions
@@ -144,9 +144,9 @@ class SyntheticGenerator:
         self, positives: Transitions, real: Transitions, policy: Policy, steps: int,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
-        """`steps` InfoNCE steps for every enabled energy (EDIS.md §5, who is contrasted with
-        whom: energy.training.contrastive_sets); returns the mean loss and accuracy of the
-        last 50 steps per energy and this refresh's denoiser evaluations.
+        """`steps` InfoNCE steps for every enabled energy (docs/algorithm.md §5, who is
+        contrasted with whom: energy.training.contrastive_sets); returns the mean loss and
+        accuracy of the last 50 steps per energy and this refresh's denoiser evaluations.
 
         positives: the positive buffer (recent trajectories, ≈ d^π); real: replay data (true
         dynamics); policy: raw observations (B, obs_dim) -> raw actions a ~ π(·|s);
@@ -257,7 +257,7 @@ class SyntheticGenerator:
         exactly (E_s,σ + E_π,σ = −log μ_σ/p_σ, see energy.training.contrastive_sets); w_T =
         1 adds E_T, which moves (r, s', done) toward the real dynamics T(·|s, a).
 
-        Joint (default): one pass with every energy's gradient (EDIS.md §6). Factorised:
+        Joint (default): one pass with every energy's gradient (docs/algorithm.md §6). Factorised:
         (s, a) from a pass guided by E_s and E_π, then (r, s', done) inpainted from the
         prior's learned conditional under E_T alone, at twice the sampling cost; E_T then
         acts on a conditional sampler whose (s, a) are held clean.

@@ -1,6 +1,6 @@
 """The generator's hyper-parameters (EDISConfig) and how a saved config is read back.
 
-Which energies exist, how they are trained and where guidance acts: the choices of EDIS.md
+Which energies exist, how they are trained and where guidance acts: the choices of docs/algorithm.md
 §4-§6 that edis_core/generator.py composes.
 """
 

@@ -16,8 +16,8 @@ class NoiseEmbedding(nn.Module):
     """Sinusoidal features of c_noise = ln(σ)/4 (shared by the denoiser and the energies).
 
     Conditioning on c_noise rather than on a step index keeps the networks independent of the
-    number of sampling steps (EDIS.md §4, §8.3). A float σ (one level for the whole batch, as
-    in sampling) gives a single row that the caller broadcasts.
+    number of sampling steps (docs/algorithm.md §4, §8). A float σ (one level for the whole
+    batch, as in sampling) gives a single row that the caller broadcasts.
     """
 
     def __init__(self, dim: int, min_freq: float = 0.5, max_freq: float = 32.0):

@@ -1,9 +1,9 @@
 """EDM (Karras et al. 2022): preconditioning, training noise, step schedule and the Heun sampler.
 
 Everything here works on normalised vectors x of shape (B, D). The sampler takes a plain
-callable `denoise(x, σ) -> D(x; σ)` and an optional `guidance(x, σ) -> g` whose result enters
-as D̃ = D − σ² g (EDIS.md §6, g = Σ_k w_k ∇_x E_k), so one sampler serves the unguided prior,
-energy-guided sampling and inpainting.
+callable `denoise(x, σ) -> D(x; σ)` and an optional `guidance(x, σ) -> g` whose result
+enters as D̃ = D − σ² g (docs/algorithm.md §6, g = Σ_k w_k ∇_x E_k), so one sampler serves the
+unguided prior, energy-guided sampling and inpainting.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ PARTS = ("state", "action", "reward", "next_state", "done", "state_action")
 
 
 class TransitionLayout:
-    """Where each part of a transition sits in x = [s, a, r, s', done] (EDIS.md §2).
+    """Where each part of a transition sits in x = [s, a, r, s', done] (docs/algorithm.md §2).
 
     With `next_state_delta` the next-state slot holds s' − s instead of s'. The map is linear
     with unit Jacobian, so the clean target p_θ·e^{−E} of Theorem 3.1 and its ratios are the

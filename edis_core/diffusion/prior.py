@@ -111,7 +111,7 @@ class DiffusionConfig:
 
 
 class DiffusionPrior:
-    """p_θ over normalised x; trained offline, optionally continued online (EDIS.md §2).
+    """p_θ over normalised x; trained offline, optionally continued online (docs/algorithm.md §2).
 
     `condition_masks` ((D,) bool each) are the sets of dims that inpainting will be given;
     a share p_conditional of training rows is conditioned on one of them.

@@ -1,4 +1,5 @@
-"""The guidance hook of the sampler: g(x, σ) = Σ_k w_k ∇_x E_k(x[:, dims_k], σ) (EDIS.md §6)."""
+"""The guidance hook of the sampler: g(x, σ) = Σ_k w_k ∇_x E_k(x[:, dims_k], σ)
+(docs/algorithm.md §6)."""
 
 from __future__ import annotations
 

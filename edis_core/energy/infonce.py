@@ -1,4 +1,4 @@
-"""Contrastive energy prediction: the InfoNCE loss of EDIS.md §5."""
+"""Contrastive energy prediction: the InfoNCE loss of docs/algorithm.md §5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""σ-conditioned energy networks E_φ(x_σ, σ) (EDIS.md §4)."""
+"""σ-conditioned energy networks E_φ(x_σ, σ) (docs/algorithm.md §4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Training the energies (EDIS.md §5): who the positives and negatives are, at which σ they
-are compared, and the InfoNCE loop.
+"""Training the energies (docs/algorithm.md §5): who the positives and negatives are, at
+which σ they are compared, and the InfoNCE loop.
 
 Every refresh, `contrastive_sets` draws clean positives and negatives of each energy from the
 prior, the policy and the learner's data, and `EnergyTraining.train` runs InfoNCE on them.

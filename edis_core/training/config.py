@@ -20,7 +20,7 @@ GENERATED_MODES = ("unguided", "edis")
 
 @dataclass
 class SyntheticSchedule:
-    """When and how much synthetic data the online phase gets (EDIS.md §7).
+    """When and how much synthetic data the online phase gets (docs/algorithm.md §7).
 
     How long the prior and the energies train is model configuration:
     `edis.diffusion.train_steps` and `edis.energy_steps`."""
@@ -42,8 +42,8 @@ class SyntheticSchedule:
     """Most recent real transitions used as E_T positives per refresh."""
     prior_steps_per_refresh: int = 0
     """Warm-started prior training before each refresh on all online data and as many
-    offline rows, at least `prior_offline_rows` (EDIS.md §2: optional); 0 keeps the prior as
-    it left the offline phase."""
+    offline rows, at least `prior_offline_rows` (docs/algorithm.md §2: optional); 0 keeps the
+    prior as it left the offline phase."""
     prior_offline_rows: int = 20_000
     """The fewest offline rows online prior training draws (all of them if the dataset is
     smaller), so that the prior does not forget the dataset while online rows are few."""

@@ -1,4 +1,5 @@
-"""`edis diagnose RUN_DIR`: guided vs unguided samples of a run's latest models (EDIS.md §3).
+"""`edis diagnose RUN_DIR`: guided vs unguided samples of a run's latest models
+(docs/algorithm.md §3).
 
 Both batches come from the same prior; the guided one through the energies of the run's
 last refresh. They are compared on state alignment with fresh episodes of the run's current

@@ -13,7 +13,7 @@ The rest of the batch is offline-sourced. Synthetic rows replace a share ρ
 (`schedule.ratio`) of those offline-sourced rows, as far as the synthetic table holds rows
 and its draw credit allows (SyntheticTable), offline rows filling in the remainder. The
 online share is therefore the same in every `--synthetic` mode, and ρ = 1 puts generated
-data wherever the base agent would replay offline data (EDIS.md §7: generated data stands
+data wherever the base agent would replay offline data (docs/algorithm.md §7: generated data stands
 in for the stale offline data).
 """
 

@@ -1,9 +1,9 @@
 """The synthetic data of the online phase: when to refresh, what a refresh trains, and where
 the generated rows come from.
 
-A refresh (EDIS.md §7) optionally continues the prior's training on offline and online data,
-and in guided mode retrains the energies on fresh positives: `SyntheticSupply.train_models`,
-the same code in both runtimes. Then:
+A refresh (docs/algorithm.md §7) optionally continues the prior's training on offline and
+online data, and in guided mode retrains the energies on fresh positives:
+`SyntheticSupply.train_models`, the same code in both runtimes. Then:
 - `InProcessSupply` (`edis train`) generates `samples_per_refresh` transitions in the loop's
   own thread and inserts them into the synthetic table;
 - `services.learner.sampler_supply.SamplerSupply` (`edis run`) trains in a background
@@ -268,7 +268,7 @@ def prior_rows(offline: Transitions, online: Transitions, recent: Transitions,
                rng: np.random.Generator) -> Transitions:
     """All online rows, as many offline rows but at least `offline_floor` (all of them if
     the dataset is smaller), and rows of `recent` (the positive buffer, drawn with
-    repetition) making up `recent_share` of the whole (EDIS.md §2, optional online prior
+    repetition) making up `recent_share` of the whole (docs/algorithm.md §2, optional online prior
     training).
 
     The floor keeps the prior on the dataset while online rows are few: with as many offline

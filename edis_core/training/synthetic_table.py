@@ -1,4 +1,5 @@
-"""The synthetic buffer and the one object that says how its rows may be used (EDIS.md §7).
+"""The synthetic buffer and the one object that says how its rows may be used
+(docs/algorithm.md §7).
 
 Generated data must stay fresh: as the policy changes, the energies are retrained and new
 guided samples replace old ones. Two rules make that explicit, whatever produces the rows

@@ -1,10 +1,11 @@
 """The offline-to-online learner loop: one loop for `edis train` and `edis run`.
 
 Phases, each resumable from a checkpoint at the step it reached:
-  prior    (synthetic != none) train the diffusion prior on the offline dataset (EDIS.md §2)
+  prior    (unguided, edis) train the diffusion prior on the offline dataset
+           (docs/algorithm.md §2)
   offline  pre-train the agent on the offline dataset
   online   collect online transitions into the replay and positive buffers, keep the
-           synthetic table supplied, update the agent on mixed batches (EDIS.md §7)
+           synthetic table supplied, update the agent on mixed batches (docs/algorithm.md §7)
 
 A `Runtime` decides where online transitions and synthetic rows come from: `InProcess`
 (here: one environment stepped in this process, a generator refreshed in this thread) or
@@ -369,7 +370,7 @@ class Trainer:
 
     def _run_online(self) -> None:
         """Collect, keep the synthetic table supplied, then do the agent updates the new
-        transitions allow (`utd_ratio` per env step, EDIS.md §7). With the in-process
+        transitions allow (`utd_ratio` per env step, docs/algorithm.md §7). With the in-process
         runtime each pass is one env step, a refresh when due, and `utd_ratio` updates."""
         total, utd = self.config.online_steps, self.config.utd_ratio
         self.online.start(self)
