@@ -17,6 +17,7 @@ import torch
 
 from edis_core.config import build
 from edis_core.training.config import TrainConfig
+from services.process_tree import descendants
 
 TINY = ["offline_steps=50", "online_steps=1200", "offline_eval_every=50",
         "online_eval_every=600", "eval_episodes=1", "log_every=200", "checkpoint_every=600",
@@ -26,26 +27,6 @@ TINY_EDIS = ["edis.diffusion.train_steps=100", "schedule.refresh_every=300",
              "schedule.samples_per_refresh=256", "schedule.buffer_size=1024",
              "schedule.min_positive=150", "schedule.real_sample=500",
              "edis.energy_steps=10", "edis.negative_trajectories=64", "edis.energy_groups=16"]
-
-
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process, from /proc."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    return parents
-
-
-def descendants(pid: int) -> set[int]:
-    parents, found, frontier = _parents(), set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
 
 
 def running(pid: int) -> bool:

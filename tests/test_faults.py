@@ -118,7 +118,8 @@ def test_a_sampler_killed_for_good_ends_the_run_on_real_rows_or_as_failed(hopper
 
 def test_a_learner_killed_outright_leaves_nothing_running_and_resumes_continuously(
         hopper_dataset, tmp_path):
-    from tests.test_distributed_run import _online_checkpoint, descendants, running
+    from services.process_tree import descendants
+    from tests.test_distributed_run import _online_checkpoint, running
 
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "services.cli", "run", "--profile", "smoke", "--dataset",

@@ -31,6 +31,7 @@ from services.cluster.ray_node import (
     session_members,
     stop_session,
 )
+from services.process_tree import start_time
 
 STATE_FILE = "cluster.json"
 LOOPBACK = "127.0.0.1"
@@ -71,13 +72,6 @@ class Cluster:
         return cls(**data)
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
@@ -94,7 +88,7 @@ def _environment() -> dict[str, str]:
 def _wait(what: str, ready, timeout: float, cluster: Cluster) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        dead = [p.name for p in cluster.processes if _start_time(p.pid) is None]
+        dead = [p.name for p in cluster.processes if start_time(p.pid) is None]
         if dead or time.monotonic() > deadline:
             why = f"{dead} exited" if dead else f"not within {timeout:.0f} s"
             raise RuntimeError(f"local cluster: {what} failed ({why}); logs in "
@@ -145,7 +139,7 @@ class Launcher:
                                     stdin=subprocess.DEVNULL,
                                     env={**_environment(), "RAY_TMPDIR": str(self.ray_temp)},
                                     start_new_session=True, cwd=Path.cwd())
-        process = ClusterProcess(name, proc.pid, _start_time(proc.pid) or 0, str(log))
+        process = ClusterProcess(name, proc.pid, start_time(proc.pid) or 0, str(log))
         self.cluster.processes.append(process)
         self.cluster.save()
         return process
@@ -221,7 +215,7 @@ def down(directory: Path) -> list[str]:
     cluster = Cluster.load(directory.resolve())
     stopped = []
     for process in reversed(cluster.processes):
-        now = _start_time(process.pid)
+        now = start_time(process.pid)
         if now is not None and now != process.started:
             continue  # the PID was reused: not ours
         if session_members(process.pid):

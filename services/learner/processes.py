@@ -1,15 +1,18 @@
 """What `edis run` starts besides the learner, and stops again whatever happens: a local Ray
-(or a connection to a cluster) and the sampler process (or the address of a running one)."""
+(or a connection to a cluster) and the sampler process (or the address of a running one);
+a reaper makes them die with the learner even when it is killed outright."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.learner import reaper
 from services.sampler.process import SamplerProcess
 
 
@@ -69,10 +72,25 @@ def started(*, actors: int, ray_address: str | None, sampler_address: str | None
     `ray_node`: this host is not a node of the cluster at `ray_address` yet; start one
     without CPUs here first (a driver needs a node of its own host)."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_reaped())
         if ray_node:
             stack.enter_context(_joined_node(ray_address))
         yield stack.enter_context(_started(actors, ray_address, sampler_address, needs_sampler,
                                            sampler_threads, sampler_device))
+
+
+@contextlib.contextmanager
+def _reaped() -> Iterator[None]:
+    """Whatever the block starts dies with this process, even killed outright (reaper.py);
+    on a normal exit the reaper takes what outlived the block's own stopping, then ends."""
+    watcher = reaper.start()
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher.wait(timeout=reaper.GRACE_SECONDS * 3)
 
 
 @contextlib.contextmanager
