@@ -145,6 +145,8 @@ def test_a_learner_killed_outright_leaves_nothing_running_and_resumes_continuous
     assert not [p for p in started if running(p)], "processes of the killed learner live on"
     checkpointed = _online_checkpoint(run_dir)
     assert checkpointed > 0
+    updates_then = json.loads((run_dir / "checkpoint" / "progress.json").read_text())[
+        "online_updates"]
 
     resumed = subprocess.run([sys.executable, "-m", "services.cli", "run", "--resume",
                               str(run_dir)], capture_output=True, text=True, timeout=400)
@@ -154,7 +156,8 @@ def test_a_learner_killed_outright_leaves_nothing_running_and_resumes_continuous
     steps = [r["step"] for r in train]
     assert steps == sorted(set(steps))                      # nothing written twice
     updates = [r["updates"] for r in train]
-    assert updates == sorted(updates) and updates[-1] >= 2400   # the counter went on
+    assert updates == sorted(updates) and updates[-1] > updates_then   # the count went on
+    assert steps[-1] >= 2400 and [s for s in steps if s > checkpointed]
     episodes = [r for r in logged if r["kind"] == "episode"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
