@@ -352,10 +352,11 @@ def test_status_command_prints_the_status_as_json(served, capsys):
 
 
 def test_status_of_an_address_where_nothing_listens_is_one_clear_line(capsys):
+    """No sampler there is a fault of another process, not refused input: exit 1."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # a port nobody listens on once closed
-    assert main(["sampler", "status", f"127.0.0.1:{port}", "--timeout", "1"]) == 2
+    assert main(["sampler", "status", f"127.0.0.1:{port}", "--timeout", "1"]) == 1
     err = capsys.readouterr().err
     assert "no sampler answers" in err and len(err.strip().splitlines()) == 1
 
