@@ -4,7 +4,7 @@ resumed), then writes docs/results.md and its plots (bench/report.py).
 
     python -m bench.evidence                       # the whole plan, ~8 h on 2 cores
     python -m bench.evidence --report-only         # the report from the runs finished so far
-    python -m bench.evidence --stages recipe       # the recipe search alone
+    python -m bench.evidence --stages recipe regime   # the searches alone
     python -m bench.evidence --agents calql --seeds 0 1 2 --arms none edis oracle
     python -m bench.evidence --profile paper --device cuda --jobs 1   # paper scale, a GPU
 """
@@ -18,7 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.plan import ARMS, RECIPES, Grid, RunSpec, plan
-from bench.report import choose_recipe, load_runs, recipe_overrides, write_report
+from bench.report import (
+    choose_ratio,
+    choose_recipe,
+    load_runs,
+    recipe_overrides,
+    write_report,
+)
 from bench.runner import Runner
 from edis_core.config import build
 from edis_core.data.minari_io import DatasetError, dataset_info
@@ -52,15 +58,28 @@ def ensure_datasets(datasets: list[str]) -> None:
         make_recipe_dataset(env_id, recipe)
 
 
-def chooser(specs: list[RunSpec], root: Path) -> Callable[[], tuple[str, ...] | None]:
-    """The recipe search's choice once it is made (read from the search's runs until then)."""
-    search = [s for s in specs if s.group == "recipe"]
-    made: list[tuple[str, ...]] = []
+def chooser(specs: list[RunSpec],
+            root: Path) -> Callable[[RunSpec], tuple[str, ...] | None]:
+    """The searches' choices for a tuned spec once they are made: the recipe for every tuned
+    run, and the regime's ρ too for the table's synthetic arms (read from the search runs
+    until then; None while a choice it needs is not made)."""
+    search = [s for s in specs if s.group in ("recipe", "regime")]
+    has_regime = any(s.group == "regime" for s in search)
+    made: dict[str, tuple[str, ...]] = {}
 
-    def choose() -> tuple[str, ...] | None:
-        if not made and (choice := choose_recipe(search, load_runs(root, search))) is not None:
-            made.append(recipe_overrides(choice))
-        return made[0] if made else None
+    def choose(spec: RunSpec) -> tuple[str, ...] | None:
+        needs_ratio = has_regime and spec.group == "table" and spec.mode != "none"
+        if "recipe" not in made or (needs_ratio and "ratio" not in made):
+            runs = load_runs(root, search)
+            recipe = made.get("recipe") or (
+                recipe_overrides(name) if (name := choose_recipe(search, runs)) else None)
+            if recipe is not None:
+                made["recipe"] = recipe
+            if has_regime and "ratio" not in made and (ratio := choose_ratio(search, runs)):
+                made["ratio"] = (f"schedule.ratio={ratio:g}",)
+        if "recipe" not in made or (needs_ratio and "ratio" not in made):
+            return None
+        return made["recipe"] + (made["ratio"] if needs_ratio else ())
 
     return choose
 
@@ -78,8 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", default=list(defaults.arms), choices=list(ARMS))
     parser.add_argument("--recipes", nargs="+", default=list(defaults.recipes),
                         choices=list(RECIPES))
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(defaults.ratios),
+                        help="synthetic shares the regime stage tries")
     parser.add_argument("--stages", nargs="+", default=list(defaults.stages),
-                        choices=["recipe", "table"])
+                        choices=["recipe", "regime", "table"])
     parser.add_argument("--profile", default="bench")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
@@ -100,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     grid = Grid(agents=args.agents, datasets=args.datasets, seeds=args.seeds,
                 tuning_seeds=args.tuning_seeds, arms=args.arms, recipes=args.recipes,
+                ratios=args.ratios,
                 stages=args.stages, agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
     specs = plan(grid)
     budgets = {agent: build(TrainConfig, args.profile, {"agent": agent},  # validates first

@@ -7,7 +7,11 @@
 2. recipe   the base agent (`none`) under each fine-tuning recipe of RECIPES, on the tuning
             seeds only (never reported): the table's agent runs take the recipe the search
             chooses (bench/report.py: choose_recipe).
-3. table    every arm of ARMS for every agent, dataset and reported seed, seed by seed, so
+3. regime   the positive control (`oracle`) at each synthetic share ρ of RATIOS, with the
+            chosen recipe, on the tuning seeds: the table's synthetic arms take the ρ at
+            which the oracle gains most over `none` (choose_ratio), so that the regime is
+            the one in which the protocol can best detect a gain, chosen without EDIS.
+4. table    every arm of ARMS for every agent, dataset and reported seed, seed by seed, so
             that a partial table is paired and balanced.
 
 Arms: `none` (the base agent), `none-aa` (the same with another sampling seed: the A/A noise
@@ -42,6 +46,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "fixed-lr3e-5": ("iql.online_batch=fixed", "iql.online_actor_lr=3e-5"),
 }
 RECIPE_AGENT = "iql"
+RATIOS = (0.25, 0.5, 1.0)
+"""Shares of the offline-sourced rows that synthetic rows replace, tried by the regime stage
+(1: Theorem 3.1's setting, every offline-sourced row)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,8 @@ class RunSpec:
     offline: str | None = None
     """The offline run it starts from."""
     tuned: bool = False
-    """Takes the recipe search's choice when it starts."""
+    """Takes the search's choices when it starts: the recipe, and for synthetic arms of the
+    table the regime's ρ."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,8 @@ class Grid:
         default_factory=lambda: {"edis-wT": ("edis/hopper-medium-replay-v0",)})
     """Arms that run on some datasets only (the others run on every dataset)."""
     recipes: Sequence[str] = tuple(RECIPES)
-    stages: Sequence[str] = ("recipe", "table")
+    ratios: Sequence[float] = RATIOS
+    stages: Sequence[str] = ("recipe", "regime", "table")
     agent_overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Overrides for every run of one agent (its budget, its precision), e.g. {"calql":
     ["online_steps=10000"]}; its offline runs still end with online_steps=0."""
@@ -122,6 +131,11 @@ def plan(grid: Grid) -> list[RunSpec]:
                                                        grid.recipes):
             online("recipe", RECIPE_AGENT, dataset, seed, f"recipe-{recipe}", "none",
                    RECIPES[recipe], False, with_prior=False)
+    if "regime" in grid.stages and searching:
+        for seed, dataset, ratio in itertools.product(grid.tuning_seeds, grid.datasets,
+                                                      grid.ratios):
+            online("regime", RECIPE_AGENT, dataset, seed, f"regime-oracle-rho{ratio:g}",
+                   "oracle", (f"schedule.ratio={ratio}",), True, with_prior=False)
     if "table" in grid.stages:
         for seed, dataset, agent in itertools.product(grid.seeds, grid.datasets, grid.agents):
             arms = arm_runs(grid, dataset)

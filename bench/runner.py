@@ -48,8 +48,9 @@ class Runner:
     jobs: int = 2
     extra: Sequence[str] = ()
     """Overrides for every run (e.g. a smaller budget)."""
-    choose: Callable[[], tuple[str, ...] | None] = lambda: None
-    """The overrides of the recipe search's choice, or None while it is incomplete."""
+    choose: Callable[[RunSpec], tuple[str, ...] | None] = lambda spec: ()
+    """The overrides the searches chose for a tuned spec, or None while they are
+    incomplete."""
     poll_seconds: float = 2.0
 
     def run(self, specs: list[RunSpec]) -> dict[str, str]:
@@ -104,7 +105,7 @@ class Runner:
                 break
             if spec.offline is not None and outcome.get(spec.offline) != "completed":
                 continue
-            if spec.tuned and self.choose() is None:
+            if spec.tuned and self.choose(spec) is None:
                 continue
             ready.append(spec)
         return ready
@@ -128,8 +129,8 @@ class Runner:
             return [*edis, "--resume", str(run_dir)]
         tuned: tuple[str, ...] = ()
         if spec.tuned:
-            choice = self.choose()
-            assert choice is not None, "a tuned run started before the recipe search chose"
+            choice = self.choose(spec)
+            assert choice is not None, "a tuned run started before the searches chose"
             tuned = choice
         # The run's own overrides come after the search's choice.
         overrides = [*self.extra, *tuned, *spec.overrides]

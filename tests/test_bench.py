@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.plan import Grid, plan
+from bench.plan import Grid, offline_spec, plan
 from bench.runner import status
 from tests.test_training import TINY, TINY_SYNTHETIC
 
@@ -43,6 +43,12 @@ def test_the_plan_shares_offline_runs_keeps_tuning_seeds_apart_and_goes_seed_by_
     assert [s.seed for s in table] == sorted(s.seed for s in table)     # seed by seed
     assert {s.tuned for s in table if s.agent == "iql"} == {True}       # the search's choice
     assert {s.tuned for s in table if s.agent == "calql"} == {False}    # CORL's recipe as is
+    regime = [s for s in specs if s.group == "regime"]
+    assert {(s.seed, s.mode, s.agent) for s in regime} == {(100, "oracle", "iql")}
+    assert {s.overrides[-1] for s in regime} == {"schedule.ratio=0.25", "schedule.ratio=0.5",
+                                                 "schedule.ratio=1.0"}
+    assert all(s.tuned and s.offline == offline_spec("iql", s.dataset, 100,
+                                                     with_prior=False).name for s in regime)
     aa = [s for s in table if s.arm == "none-aa"]
     assert {s.overrides[-1] for s in aa} == {"sampling_seed=1000", "sampling_seed=1001"}
     assert not [s for s in table if s.arm == "edis-wT"]   # only on medium-replay by default
@@ -68,7 +74,7 @@ def bench_command(root, out, dataset, *extra) -> list[str]:
     overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
     return [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
             "--seeds", "0", "--tuning-seeds", "100",
-            "--recipes", "uniform-cosine", "fixed-lr3e-5",
+            "--recipes", "uniform-cosine", "fixed-lr3e-5", "--ratios", "0.5", "1.0",
             "--arms", "none", "none-aa", "unguided", "edis", "oracle",
             "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
             *extra]
@@ -84,9 +90,9 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     root, out = tmp_path / "runs", tmp_path / "docs"
     first = bench(root, out, hopper_dataset)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count("bench: start") == 9   # 2 offline, 2 recipes, 5 arms
+    assert first.stdout.count("bench: start") == 11   # 2 offline, 2 recipes, 2 ρ, 5 arms
     report = (out / "results.md").read_text()
-    assert "Finished runs: 9 of 9 planned." in report
+    assert "Finished runs: 11 of 11 planned." in report
     chosen = re.search(r"Chosen for every reported IQL run: \*\*(\S+)\*\*", report)
     assert chosen, report
     # The tuned runs carry the search's choice; the arms share the offline agent and prior.
@@ -98,6 +104,12 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
         assert config["offline_from"] == f"{stem}/offline"
     assert yaml.safe_load(Path(f"{stem}/none-aa/config.yaml").read_text())[
         "sampling_seed"] == 1000
+    # the synthetic arms take the regime's ρ, chosen by the oracle on the tuning seed
+    ratio = float(re.search(r"Chosen for the table's synthetic arms: \*\*ρ = (\S+)\*\*",
+                            report).group(1))
+    for arm in ("unguided", "edis", "oracle"):
+        config = yaml.safe_load(Path(f"{stem}/{arm}/config.yaml").read_text())
+        assert config["schedule"]["ratio"] == ratio, arm
     edis = json.loads(Path(f"{stem}/edis/summary.json").read_text())
     records = [json.loads(line) for line in Path(f"{stem}/edis/metrics.jsonl").read_text()
                .splitlines()]
@@ -105,14 +117,15 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     assert not [r for r in records if r["kind"] == "train" and r["phase"] == "prior"]
     for name in ("results-recipes.png", "results-table.png"):
         assert (out / name).stat().st_size > 5_000
-    for heading in ("## 1. The base agent's fine-tuning recipe", "## 2. Can this protocol "
+    for heading in ("## 1. The base agent's fine-tuning recipe", "## 1b. How much synthetic",
+                    "## 2. Can this protocol "
                     "answer?", "## 3. EDIS against the base agent", "| iql | oracle |",
                     "- iql on hopper-random:"):
         assert heading in report, heading
 
     again = bench(root, out, hopper_dataset)
     assert again.returncode == 0 and "bench: start" not in again.stdout
-    assert "bench: 9 completed" in again.stdout
+    assert "bench: 11 completed" in again.stdout
 
 
 def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp_path):

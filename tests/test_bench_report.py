@@ -109,3 +109,20 @@ def test_no_verdict_on_edis_when_the_positive_control_does_not_beat_none():
                                               "edis": higher, "unguided": base})))
     assert "- iql on hopper-medium: EDIS beats none: AUC difference +10.0" in answered
     assert "EDIS beats unguided" in answered
+
+
+def test_the_regime_takes_the_share_at_which_the_oracle_gains_most_over_none():
+    from bench.report import choose_ratio
+
+    specs, runs = [], {}
+    for arm, per_seed in {
+        "recipe-uniform-cosine": [(20.0, [21.0, 22.0]), (22.0, [23.0, 24.0])],
+        "regime-oracle-rho0.5": [(20.0, [30.0, 31.0]), (22.0, [33.0, 32.0])],   # +9.5
+        "regime-oracle-rho1": [(20.0, [20.0, 21.0]), (22.0, [22.0, 21.0])],     # -1.5
+    }.items():
+        s, r = cell({arm: per_seed}, group="regime" if "regime" in arm else "recipe")
+        specs += s
+        runs.update(r)
+    assert choose_ratio(specs, runs) == 0.5
+    del runs[specs[-1].name]
+    assert choose_ratio(specs, runs) is None
