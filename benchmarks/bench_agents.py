@@ -1,4 +1,4 @@
-"""Gradient updates per second of IQL and Cal-QL, side by side with CORL (TARGETS.md).
+"""Gradient updates per second of IQL and Cal-QL, side by side with CORL (docs/speed.md).
 
 Random batch-256 tensors with Hopper dimensions (obs 11, act 3), default networks, CPU, at 1
 and 2 torch threads: the setting in which the CORL figures were measured on these machines.
@@ -24,7 +24,7 @@ from edis_core.agents import AGENT_CONFIGS, make_agent
 from edis_core.transitions import Batch
 
 OBS_DIM, ACT_DIM = 11, 3
-# CORL updates/s measured on this kind of machine (TARGETS.md), keyed by (agent, threads).
+# CORL updates/s measured on this kind of machine (docs/speed.md), keyed by (agent, threads).
 REFERENCE = {("iql", 1): 100.0, ("iql", 2): 152.0, ("calql", 1): 9.3, ("calql", 2): 15.4}
 TARGET = {("iql", 2): 230.0, ("calql", 2): 46.0, ("calql-bf16", 2): 46.0}
 VARIANTS = {"iql": ("iql", {}), "calql": ("calql", {}),

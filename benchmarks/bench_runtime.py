@@ -43,7 +43,7 @@ from edis_core.agents import IQLConfig, actor_hidden, make_agent
 from services.rollout import BACKENDS, RolloutPool, RolloutSpec
 from services.rollout.local import LocalRollout
 
-ROLLOUT_FLOOR = 1.7  # TARGETS.md: 2 actors ÷ one bare loop
+ROLLOUT_FLOOR = 1.7  # docs/speed.md: 2 actors ÷ one bare loop
 RAY_CPUS = 2  # the CPUs Ray gets, as on the project's 2-core machines
 # RLlib's env runner is the default only if it costs at most 25% against plain actors.
 RLLIB_TOLERANCE = 0.75
@@ -189,8 +189,8 @@ def print_rollouts(row: dict) -> None:
     print(f"RLlib ÷ plain: {ratios} (RLlib kept as default only at >= {RLLIB_TOLERANCE})")
 
 
-WALL_CLOCK_GOAL = 1.0  # TARGETS.md: edis run ÷ edis train, demo budget
-LEARNER_FLOOR = 0.8  # TARGETS.md: updates/s inside the distributed run ÷ bare
+WALL_CLOCK_GOAL = 1.0  # docs/speed.md: edis run ÷ edis train, demo budget
+LEARNER_FLOOR = 0.8  # docs/speed.md: updates/s inside the distributed run ÷ bare
 def bench_runs(args: argparse.Namespace) -> dict:
     from bench_agents import updates_per_second
     from runtime_seeds import online_updates_per_s, run_to_completion, wall_clock

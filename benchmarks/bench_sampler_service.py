@@ -34,7 +34,7 @@ from services.sampler.client import SamplerClient
 from services.sampler.process import SamplerProcess
 from services.sampler.weights import model_names
 
-TARGET_RATIO = 0.9  # TARGETS.md: gRPC ÷ in-process, same model
+TARGET_RATIO = 0.9  # docs/speed.md: gRPC ÷ in-process, same model
 
 
 def make_generator(diffusion: DiffusionConfig) -> SyntheticGenerator:

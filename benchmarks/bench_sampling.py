@@ -1,6 +1,6 @@
 """Diffusion sampling and training throughput, unguided vs EDIS-guided, side by side.
 
-Measured like TARGETS.md: Hopper dimensions (obs 11, act 3), random data, batch 1000 for
+Measured like docs/speed.md: Hopper dimensions (obs 11, act 3), random data, batch 1000 for
 sampling and 256 for training, torch's default threads. Reports synthetic transitions/s
 (unguided, guided with the default energies and guidance at every σ, their ratio) for
 float32 and bfloat16 sampling, diffusion training steps/s, and the energy-training cost of
@@ -30,7 +30,7 @@ from edis_core.transitions import Transitions
 
 OBS_DIM, ACT_DIM = 11, 3
 SAMPLE_BATCH, TRAIN_BATCH = 1000, 256
-# TARGETS.md: the EDIS reference spends ~92M denoiser sample-evaluations per refresh.
+# docs/speed.md: the EDIS reference spends ~92M denoiser sample-evaluations per refresh.
 REFERENCE_REFRESH_EVALUATIONS = 92e6
 TARGETS = {
     "small": {"unguided_per_s": 9700, "guided_ratio": 0.5, "train_steps_per_s": 320},

@@ -52,7 +52,7 @@ class EDISConfig:
     w_state: float | None = 1.0
     w_policy: float | None = 1.0
     # E_T is trained (so `edis diagnose` can measure it) but not applied: on the Hopper demo
-    # w_T > 0 did not lower the next-state or reward error (README, Diagnostics).
+    # w_T > 0 did not lower the next-state or reward error (docs/diagnostics.md).
     w_transition: float | None = 0.0
     # Guidance acts for σ in [guidance_sigma_min, guidance_sigma_max] (normalised units) and
     # the energies are trained on the sampler's levels inside it. The default, every σ, is

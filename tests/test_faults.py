@@ -1,6 +1,6 @@
 """Faults of other processes injected into a running `edis run`: a fault is not bad input,
 so the run goes on (or, when told to require the failed part, stops "failed" with a
-checkpoint), says so in its records, and exits by the README's table."""
+checkpoint), says so in its records, and exits by docs/failure-behaviour.md's table."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class TransitionLayout:
     modelled coordinates); what changes is what a finite model gets right. In locomotion
     s' − s is 2-30x narrower than s' per dim, so the same normalised error is that much
     smaller in s', and a guidance step that moves s carries s' along with it instead of
-    leaving it where it was (README, "How EDIS is implemented here" and "Diagnostics").
+    leaving it where it was (docs/implementation.md, docs/diagnostics.md).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, next_state_delta: bool):

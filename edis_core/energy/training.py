@@ -133,8 +133,8 @@ class EnergyTraining:
     Every `train` call (one refresh) starts the nets and optimisers afresh, so the energies
     are those of this refresh's data (the current policy, the current buffer) and nothing
     else: warm-started over the 8 refreshes of the Hopper demo they kept sharpening, and the
-    guided next-state error rose to 1.05-1.53x the unguided one (fresh: 0.92-1.20x, README,
-    Diagnostics). The learning rate decays from `lr` to 0 over the call (cosine), so each
+    guided next-state error rose to 1.05-1.53x the unguided one (fresh: 0.92-1.20x,
+    docs/diagnostics.md). The learning rate decays from `lr` to 0 over the call (cosine), so each
     refresh ends on a settled iterate.
     """
 

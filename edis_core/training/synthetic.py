@@ -281,7 +281,7 @@ def prior_rows(offline: Transitions, online: Transitions, recent: Transitions,
     training brought guided next states from 8x to about 2x the unguided error against the
     simulator; modelling s' − s closed most of the rest. The recent share puts more of the
     prior's capacity where the energies send the guided sampler, the current policy's
-    states, which older online rows cover thinly (README, Diagnostics).
+    states, which older online rows cover thinly (docs/diagnostics.md).
     """
     n = min(len(offline), max(len(online), offline_floor))
     parts = [offline.take(rng.integers(0, len(offline), n)), online]

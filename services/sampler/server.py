@@ -55,7 +55,7 @@ class ServeOptions:
     port: int = 50051  # 0: any free port (the bound one is printed)
     device: str = "cpu"
     threads: int = 1  # torch threads: two torch processes with default threads on 2 cores
-    # slow each other down up to 100x (STACK.md)
+    # slow each other down up to 100x (docs/runtime.md, Threads)
     queue_batches: int = 4  # batches generated ahead, per stream
     seed: int = 0  # seeds the sampler's RNG whenever a model is built
     max_consumers: int = 16

@@ -15,7 +15,7 @@ from edis_core.diffusion.layout import TransitionLayout
 from edis_core.transitions import Transitions
 from protos.edis.sampler.v1 import sampler_pb2 as pb
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # STACK.md: gRPC's default; set on both ends explicitly
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default; set on both ends explicitly
 PART_BYTES = 3 * 1024 * 1024  # transition bytes per TransitionBatch, leaving room for metadata
 CHUNK_BYTES = 1024 * 1024  # weights bytes per WeightsChunk
 CHANNEL_OPTIONS = [
