@@ -19,6 +19,8 @@ from edis_core.config import build
 from edis_core.training.config import TrainConfig
 from services.process_tree import descendants
 
+pytestmark = pytest.mark.services
+
 TINY = ["offline_steps=50", "online_steps=1200", "offline_eval_every=50",
         "online_eval_every=600", "eval_episodes=1", "log_every=200", "checkpoint_every=600",
         "batch_size=64", "positive_capacity=400", "runtime.steps_per_call=100",

@@ -22,6 +22,8 @@ from test_operations_config import DASHBOARDS, INSTALL_PROMETHEUS, dashboard_pan
 from services.cluster.local import STATE_FILE, Cluster
 from services.cluster.ray_node import session_members
 
+pytestmark = pytest.mark.services
+
 RATE_INTERVAL = "30s"  # $__rate_interval of a 2 s scrape interval, with margin
 # A learner that outlives the checks: the budget is never reached.
 LEARNER_SETTINGS = [*TINY, *TINY_EDIS, "online_steps=1000000", "checkpoint_every=1000000",

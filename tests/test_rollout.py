@@ -25,6 +25,8 @@ from services.rollout.local import LocalRollout
 from services.rollout.module import PolicyModule, module_state
 from services.rollout.runners import EpisodeRunner, rollout_config
 
+pytestmark = pytest.mark.services
+
 HOPPER = ("Hopper-v5", 11, 3)
 # Each backend runs the other agent's actor, so that both networks run in both kinds of
 # actor across the suite.

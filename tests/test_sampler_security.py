@@ -20,6 +20,8 @@ from services.sampler.process import SamplerProcess
 from services.sampler.security import ClientSecurity, ServerSecurity
 from tests.test_sampler_service import MODELS, generator, held_versions  # noqa: F401
 
+pytestmark = pytest.mark.services
+
 
 def _certificate(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
                  signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:

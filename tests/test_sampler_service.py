@@ -28,6 +28,8 @@ from services.sampler.client import SamplerClient, SamplerError, publish_message
 from services.sampler.process import SamplerProcess
 from services.sampler.wire import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, wire_layout
 
+pytestmark = pytest.mark.services
+
 OBS, ACT = 3, 2
 MODELS = ("prior", "energy/state", "energy/policy", "energy/transition")
 ENERGY_MODELS = MODELS[1:]
