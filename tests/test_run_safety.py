@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -273,7 +274,7 @@ def test_a_second_process_cannot_use_a_run_directory_in_use(hopper_dataset, mina
     finally:
         first.kill()
         first.wait(timeout=30)
-    assert first.returncode is not None
+    assert first.returncode == -signal.SIGKILL, "the first run went on until it was killed"
     with pytest.raises(ProcessLookupError):
         os.kill(first.pid, 0)
 
