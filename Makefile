@@ -35,13 +35,19 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every speed benchmark, one after the other (never two at once: they would share the
+# cores); each writes results/NAME.json. bench_runtime's demo-budget section (--sections
+# runs) trains two demo runs and is left out here.
 bench: setup
 	$(BIN)/python benchmarks/bench_agents.py
 	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/bench_sampler_service.py
+	$(BIN)/python benchmarks/bench_sampler_load.py
+	$(BIN)/python benchmarks/bench_runtime.py --sections rollouts
 
 # Can the protocol detect a gain, and does EDIS give one? (resumable; ~8 h on 2 cores): docs/results.md
 evidence: setup
-	$(BIN)/python -m bench.evidence
+	$(BIN)/python -m evidence
 
 # Debian's prometheus and promtool, which the cluster and its tests run; installed when missing
 # (as root), else the tests that need them say how.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_results import write_results
 
 from edis_core.agents import AGENT_CONFIGS, make_agent
 from edis_core.transitions import Batch
@@ -125,14 +125,13 @@ def main() -> None:
                   f"{_cell(target, '.0f'):>7} {_cell(ratio, '.2f'):>13}  "
                   f"{'-' if meets is None else ('yes' if meets else 'NO')}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    write_results(args.out, {
         "benchmark": "agent updates/s, random batches, Hopper dims",
         "batch_size": args.batch_size, "obs_dim": OBS_DIM, "act_dim": ACT_DIM,
         "device": str(device), "quick": args.quick, "tune_malloc": args.tune_malloc,
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "rows": rows}, indent=2))
+        "rows": rows})
     print(f"wrote {args.out}")
 
 

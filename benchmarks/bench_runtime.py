@@ -29,7 +29,6 @@ Writes results/bench_runtime.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import ray
 import torch
+from bench_results import write_results
 
 from edis_core.agents import IQLConfig, actor_hidden, make_agent
 from services.rollout import BACKENDS, RolloutPool, RolloutSpec
@@ -269,10 +269,7 @@ def main() -> None:
     results["machine"]["load_average_at_end"] = os.getloadavg()
     print(f"load average: start {results['machine']['load_average_at_start'][0]:.2f}, "
           f"end {results['machine']['load_average_at_end'][0]:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ Writes results/bench_sampler_load.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
 
+from bench_results import RESULTS, write_results
 from bench_sampler_service import make_generator
 
 from edis_core.diffusion.prior import DiffusionConfig
@@ -23,8 +21,6 @@ from services.sampler.client import SamplerClient
 from services.sampler.load import run_load
 from services.sampler.process import SamplerProcess
 from services.sampler.weights import PRIOR, model_names
-
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def main() -> None:
@@ -47,9 +43,8 @@ def main() -> None:
                           publish_every=args.publish_every)
     window = min(60.0, args.seconds / 5)
     report = {**result.as_dict(), "rss_growth_bytes": result.rss_growth(window),
-              "window_seconds": window, "machine": platform.platform()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_sampler_load.json").write_text(json.dumps(report, indent=1))
+              "window_seconds": window}
+    write_results(RESULTS / "bench_sampler_load.json", report)
     shares = ", ".join(f"{s:.2f}" for s in result.shares)
     rss = [r for _, r in result.rss_bytes]
     print(f"{args.consumers} consumers, {args.seconds:.0f} s, {result.publishes} publishes: "

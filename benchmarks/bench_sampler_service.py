@@ -16,14 +16,13 @@ Writes results/bench_sampler_service.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
+from bench_results import write_results
 from bench_sampling import ACT_DIM, OBS_DIM, SAMPLE_BATCH, random_transitions
 from numpy.random import default_rng
 
@@ -137,10 +136,7 @@ def main() -> None:
                 row["throughput"] = bench_throughput(client, generator, args.seconds)
             results["sizes"][name] = row
     print_table(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 def print_table(results: dict) -> None:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_results import write_results
 
 from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.generator import SyntheticGenerator
@@ -162,10 +161,7 @@ def main() -> None:
         "sizes": {name: bench_size(name, cfg, seconds) for name, cfg in sizes.items()},
     }
     print_table(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

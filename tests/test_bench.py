@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.plan import Grid, offline_spec, plan
-from bench.runner import status
+from evidence.plan import Grid, offline_spec, plan
+from evidence.runner import status
 from tests.test_training import TINY, TINY_SYNTHETIC
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_an_agents_overrides_reach_all_its_runs_and_offline_runs_stay_offline():
 
 def bench_command(root, out, dataset, *extra) -> list[str]:
     overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
-    return [sys.executable, "-m", "bench.evidence", "--agents", "iql", "--datasets", dataset,
+    return [sys.executable, "-m", "evidence", "--agents", "iql", "--datasets", dataset,
             "--seeds", "0", "--tuning-seeds", "100",
             "--recipes", "uniform-cosine", "fixed-lr3e-5", "--ratios", "0.5", "1.0",
             "--arms", "none", "none-aa", "unguided", "edis", "oracle",
@@ -160,7 +160,7 @@ def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp
 
 def test_the_quality_study_fits_a_critic_per_source_and_scores_it_on_held_out_returns(
         hopper_dataset, tmp_path):
-    from bench.quality import SOURCES, Study, held_out, study_run
+    from evidence.quality import SOURCES, Study, held_out, study_run
     from edis_core.training.trainer import Trainer
     from edis_core.transitions import discounted_returns_to_go
     from tests.test_training import tiny_config

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.plan import RunSpec
-from bench.report import PairedGain, auc, choose_recipe, gate, last3, score_section
+from evidence.plan import RunSpec
+from evidence.report import PairedGain, auc, choose_recipe, gate, last3, score_section
 
 
 def test_the_interval_is_students_t_over_the_paired_differences():
@@ -112,7 +112,7 @@ def test_no_verdict_on_edis_when_the_positive_control_does_not_beat_none():
 
 
 def test_the_regime_takes_the_share_at_which_the_oracle_gains_most_over_none():
-    from bench.report import choose_ratio
+    from evidence.report import choose_ratio
 
     specs, runs = [], {}
     for arm, per_seed in {

@@ -89,6 +89,6 @@ def test_numbers_yaml_reads_as_strings_are_accepted_and_words_are_not():
             build(TrainConfig, None, {}, [bad])
 
 
-@pytest.mark.parametrize("profile", ["default", "smoke", "demo", "paper", "bench"])
+@pytest.mark.parametrize("profile", ["default", "smoke", "demo", "paper", "evidence"])
 def test_every_shipped_profile_is_valid(profile):
     assert isinstance(build(TrainConfig, profile, {}, []), TrainConfig)

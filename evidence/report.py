@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from bench.plan import RECIPE_AGENT, RECIPES, RunSpec, short
-from bench.runner import read_run
+from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, short
+from evidence.runner import read_run
 from edis_core.training.config import TrainConfig
 
 matplotlib.use("Agg")
@@ -560,11 +560,11 @@ def _band(ax: Any, runs: list[dict[str, Any]], label: str) -> None:
 
 
 def quality_section(out: Path) -> list[str]:
-    """The synthetic-data quality study (bench/quality.py), when it has been run."""
+    """The synthetic-data quality study (evidence/quality.py), when it has been run."""
     path = out / QUALITY_FILE
     if not path.is_file():
         return ["## 5. Synthetic data apart from RL noise", "",
-                "Not measured yet: `python -m bench.quality` writes "
+                "Not measured yet: `python -m evidence.quality` writes "
                 f"docs/{QUALITY_FILE} from the table's frozen checkpoints.", ""]
     data = json.loads(path.read_text())
     return ["## 5. Synthetic data apart from RL noise", "", *data["markdown"], ""]

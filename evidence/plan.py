@@ -6,7 +6,7 @@
             arms differ only online.
 2. recipe   the base agent (`none`) under each fine-tuning recipe of RECIPES, on the tuning
             seeds only (never reported): the table's agent runs take the recipe the search
-            chooses (bench/report.py: choose_recipe).
+            chooses (evidence/report.py: choose_recipe).
 3. regime   the positive control (`oracle`) at each synthetic share ρ of RATIOS, with the
             chosen recipe, on the tuning seeds: the table's synthetic arms take the ρ at
             which the oracle gains most over `none` (choose_ratio), so that the regime is

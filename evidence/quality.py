@@ -1,4 +1,4 @@
-"""`python -m bench.quality`: the synthetic sources judged apart from RL noise.
+"""`python -m evidence.quality`: the synthetic sources judged apart from RL noise.
 
 On the frozen final checkpoints of the table's `edis` runs (the run's policy π, its online
 replay, its prior and its energies), each source of the synthetic slot, 20,000 rows of:
@@ -12,10 +12,10 @@ only": all online replay, the reference). Each critic is then judged on fresh he
 episodes of π, which no model saw: its squared error against their discounted Monte-Carlo
 returns, as a share of the returns' variance (rows whose return is cut by the time limit are
 left out), its mean error (bias), and its TD error on their rows. Results go to
-docs/synthetic_quality.json, which the evidence report (bench/report.py) includes.
+docs/synthetic_quality.json, which the evidence report (evidence/report.py) includes.
 
-    python -m bench.quality                         # seeds 0-4 of every dataset in runs/bench
-    python -m bench.quality --seeds 0 1 --steps 2000
+    python -m evidence.quality                         # seeds 0-4 of every dataset in runs/bench
+    python -m evidence.quality --seeds 0 1 --steps 2000
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.report import QUALITY_FILE, PairedGain
-from bench.runner import status
+from evidence.report import QUALITY_FILE, PairedGain
+from evidence.runner import status
 from edis_core.agents.networks import QEnsemble, adam, polyak_update
 from edis_core.training.rollouts import collect_episodes
 from edis_core.training.synthetic import ORACLE_SEED, clip_actions
@@ -153,7 +153,7 @@ def study_run(run_dir: Path, study: Study) -> dict[str, dict[str, float]]:
 def markdown(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]:
     lines = [
         "Fitted Q evaluation of each run's final policy on half online replay, half the "
-        "source (bench/quality.py); errors on fresh held-out episodes of that policy. "
+        "source (evidence/quality.py); errors on fresh held-out episodes of that policy. "
         "MC error: mean squared error against Monte-Carlo returns as a share of their "
         "variance (lower is better); paired differences are against offline rows, per run.",
         "",
@@ -179,7 +179,7 @@ def markdown(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--agent", default="iql")

@@ -1,12 +1,12 @@
-"""`python -m bench.evidence`: can this protocol detect a gain here, and does EDIS give one?
-Runs the plan of bench/plan.py (resumable: finished runs are reused, interrupted ones
-resumed), then writes docs/results.md and its plots (bench/report.py).
+"""`python -m evidence`: can this protocol detect a gain here, and does EDIS give one?
+Runs the plan of evidence/plan.py (resumable: finished runs are reused, interrupted ones
+resumed), then writes docs/results.md and its plots (evidence/report.py).
 
-    python -m bench.evidence                       # the whole plan, ~8 h on 2 cores
-    python -m bench.evidence --report-only         # the report from the runs finished so far
-    python -m bench.evidence --stages recipe regime   # the searches alone
-    python -m bench.evidence --agents calql --seeds 0 1 2 --arms none edis oracle
-    python -m bench.evidence --profile paper --device cuda --jobs 1   # paper scale, a GPU
+    python -m evidence                       # the whole plan, ~8 h on 2 cores
+    python -m evidence --report-only         # the report from the runs finished so far
+    python -m evidence --stages recipe regime   # the searches alone
+    python -m evidence --agents calql --seeds 0 1 2 --arms none edis oracle
+    python -m evidence --profile paper --device cuda --jobs 1   # paper scale, a GPU
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.plan import ARMS, RECIPES, Grid, RunSpec, plan
-from bench.report import (
+from evidence.plan import ARMS, RECIPES, Grid, RunSpec, plan
+from evidence.report import (
     choose_ratio,
     choose_recipe,
     load_runs,
     recipe_overrides,
     write_report,
 )
-from bench.runner import Runner
+from evidence.runner import Runner
 from edis_core.config import build
 from edis_core.data.minari_io import DatasetError, dataset_info
 from edis_core.data.recipes import make_recipe_dataset
@@ -37,7 +37,7 @@ AGENT_BUDGETS: dict[str, dict[str, tuple[str, ...]]] = {
     # updates/s per process in float32 with one thread here, ~2× that with bfloat16 hidden
     # layers (calql.critic_bf16), so its runs get half IQL's online budget; every arm of an
     # agent gets the same budget.
-    "bench": {"calql": ("calql.critic_bf16=true", "online_steps=10000")},
+    "evidence": {"calql": ("calql.critic_bf16=true", "online_steps=10000")},
 }
 
 
@@ -101,12 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="synthetic shares the regime stage tries")
     parser.add_argument("--stages", nargs="+", default=list(defaults.stages),
                         choices=["recipe", "regime", "table"])
-    parser.add_argument("--profile", default="bench")
+    parser.add_argument("--profile", default="evidence")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run")
-    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
                                     for s in sorted(set(outcome.values()))), flush=True)
     runs = load_runs(args.runs_root, specs)
-    command = "python -m bench.evidence " + shlex.join(argv if argv is not None
+    command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])
     report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets)
     print(f"bench: report {report}")

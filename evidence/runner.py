@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.plan import RunSpec
+from evidence.plan import RunSpec
 from services.sampler.process import die_with_parent
 
 SUMMARY = "summary.json"
