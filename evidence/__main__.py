@@ -17,6 +17,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edis_core.config import build
+from edis_core.data.minari_io import DatasetError, dataset_info
+from edis_core.data.recipes import make_recipe_dataset
+from edis_core.training.config import TrainConfig
 from evidence.plan import ARMS, RECIPES, Grid, RunSpec, plan
 from evidence.report import (
     choose_ratio,
@@ -26,10 +30,6 @@ from evidence.report import (
     write_report,
 )
 from evidence.runner import Runner
-from edis_core.config import build
-from edis_core.data.minari_io import DatasetError, dataset_info
-from edis_core.data.recipes import make_recipe_dataset
-from edis_core.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_BUDGETS: dict[str, dict[str, tuple[str, ...]]] = {

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from evidence.report import QUALITY_FILE, PairedGain
-from evidence.runner import status
 from edis_core.agents.networks import QEnsemble, adam, polyak_update
 from edis_core.training.rollouts import collect_episodes
 from edis_core.training.synthetic import ORACLE_SEED, clip_actions
 from edis_core.training.trainer import Trainer
 from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
+from evidence.report import QUALITY_FILE, PairedGain
+from evidence.runner import status
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("online only", "offline", "unguided", "edis", "oracle")

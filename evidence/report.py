@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from scipy import stats
 
+from edis_core.training.config import TrainConfig
 from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, short
 from evidence.runner import read_run
-from edis_core.training.config import TrainConfig
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt

@@ -160,9 +160,9 @@ def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp
 
 def test_the_quality_study_fits_a_critic_per_source_and_scores_it_on_held_out_returns(
         hopper_dataset, tmp_path):
-    from evidence.quality import SOURCES, Study, held_out, study_run
     from edis_core.training.trainer import Trainer
     from edis_core.transitions import discounted_returns_to_go
+    from evidence.quality import SOURCES, Study, held_out, study_run
     from tests.test_training import tiny_config
 
     run_dir = tmp_path / "edis"
