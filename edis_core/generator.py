@@ -22,7 +22,7 @@ from edis_core.diffusion.prior import DiffusionPrior
 from edis_core.energy.guidance import EnergyGuidance, EnergyTerm
 from edis_core.energy.networks import EnergyNet
 from edis_core.energy.training import EnergyTraining, conditional_passes, contrastive_sets
-from edis_core.generator_config import ENERGIES, EDISConfig, saved_edis_values
+from edis_core.generator_config import ENERGIES, EDISConfig
 from edis_core.transitions import Transitions
 
 MODES = ("unguided", "edis")
@@ -310,7 +310,7 @@ class SyntheticGenerator:
                 f"state is for obs/act dims {state['obs_dim']}/{state['act_dim']}, "
                 f"this generator has {self.layout.obs_dim}/{self.layout.act_dim}"
             )
-        saved_delta = saved_edis_values(state["config"])["next_state_delta"]
+        saved_delta = state["config"]["next_state_delta"]
         if saved_delta != self.config.next_state_delta:
             raise ValueError(
                 f"the saved prior models {'s′ − s' if saved_delta else 's′'} in the next-state "
@@ -331,7 +331,7 @@ class SyntheticGenerator:
         generator = cls(
             state["obs_dim"],
             state["act_dim"],
-            EDISConfig(**saved_edis_values(state["config"])),
+            EDISConfig(**state["config"]),
             mode or state["mode"],
             device,
         )

@@ -8,31 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from edis_core.diffusion.prior import DiffusionConfig
 
 ENERGIES = ("state", "policy", "transition")
-# What a config or state written before these EDISConfig fields existed meant: the prior
-# modelled s' itself, guidance acted at every σ <= guidance_sigma_max, the energies read
-# their own dims of x through EDM's input scaling, and every InfoNCE group had its own level
-# and negatives. Filled in for missing keys on load, so that an older run resumes (or is
-# diagnosed) with the networks and sampler it was trained with; how energies are trained
-# (symmetric noising, the levels they are trained on) is the current code's for every run.
-PRE_OPTION_BEHAVIOUR = {
-    "next_state_delta": False,
-    "guidance_sigma_min": 0.0,
-    "energy_input": "own",
-    "energy_input_map": "edm",
-    "energy_levels": None,
-}
-
-
-def saved_edis_values(values: dict[str, Any]) -> dict[str, Any]:
-    """EDISConfig fields as saved in a run or state, with PRE_OPTION_BEHAVIOUR where missing."""
-    return {**PRE_OPTION_BEHAVIOUR, **values}
-
-
 
 
 @dataclass

@@ -226,28 +226,3 @@ def test_state_dict_round_trip_through_weights_only_load():
         SyntheticGenerator(3, 2, EDISConfig(next_state_delta=False)).load_state_dict(state)
 
 
-def test_states_without_the_next_state_coding_load_as_modelling_s_prime():
-    """States written before `next_state_delta` existed modelled s' itself."""
-    state = trained(next_state_delta=False).state_dict()
-    del state["config"]["next_state_delta"]
-    assert not SyntheticGenerator.from_state_dict(state).layout.next_state_delta
-    with pytest.raises(ValueError, match="next_state_delta=false"):
-        generator().load_state_dict(state)
-
-
-def test_states_without_the_energy_options_load_their_energies_as_they_were():
-    """States written before energy_input, energy_input_map and energy_levels existed had
-    energies on their own dims with EDM's input scaling, one level per InfoNCE group: they
-    load with those nets (same weights, same energies) and that training."""
-    old = trained(energy_input="own", energy_input_map="edm", energy_levels=None)
-    state = old.state_dict()
-    for key in ("energy_input", "energy_input_map", "energy_levels"):
-        del state["config"][key]
-    twin = SyntheticGenerator.from_state_dict(state)
-    assert twin.config == old.config
-    assert twin.energies["state"].input.in_features == 3  # s only
-    assert twin.energy_training.levels_per_step == twin.config.energy_groups
-    x = torch.randn(5, 3)
-    assert torch.equal(twin.energies["state"](x, 0.5), old.energies["state"](x, 0.5))
-    with pytest.raises(RuntimeError, match="size mismatch"):  # the current default reads all x
-        generator().load_energy_state_dict(state["energies"])

@@ -50,6 +50,25 @@ def test_draws_are_limited_to_samples_per_insert_and_resume_with_new_rows():
     assert len(t.sample(17, rng)) == 17 and t.wants_rows()
 
 
+def test_rows_evicted_as_stale_take_their_credit_with_them():
+    # A stream reader stops while the credit is high; if a version change then empties the
+    # table, the credit those rows held must not keep the stream closed for good.
+    rng = np.random.default_rng(0)
+    t = table(samples_per_insert=4.0, error_buffer=50.0, max_version_lag=1)
+    t.insert(rows(20, 1), 1)
+    assert t.credit == 80 and not t.wants_rows()
+    t.advance(2)  # version 1 rows are still fresh: nothing forfeited
+    assert t.credit == 80 and len(t) == 20
+    t.advance(3)
+    assert len(t) == 0 and t.credit == 0 and t.wants_rows()
+    t.insert(rows(10, 3), 3)
+    t.insert(rows(10, 4), 4)
+    t.sample(30, rng)  # 80 - 30 = 50 unused, more than 4 x the 10 rows that stay
+    t.advance(5)
+    assert len(t) == 10 and t.credit == 40
+    assert len(t.sample(100, rng)) == 40
+
+
 def test_the_version_record_follows_the_ring_when_it_overwrites():
     t = table(capacity=50, max_version_lag=10)
     for version in range(1, 8):

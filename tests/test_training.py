@@ -8,7 +8,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from edis_core.config import build
 from edis_core.training.checkpoint import CheckpointError
@@ -63,23 +62,6 @@ def test_edis_run_refreshes_guided_synthetic_data(hopper_dataset, tmp_path):
     assert any(k.startswith("energy/") for k in refreshes[0])
     assert all(np.isfinite(r["prior_loss"]) for r in refreshes)
     assert len(trainer.synthetic) > 0
-
-
-def test_a_run_saved_before_the_sampler_options_resumes_with_its_own_sampler(hopper_dataset,
-                                                                            tmp_path):
-    """A config.yaml without next_state_delta / guidance_sigma_min was written when the prior
-    modelled s' and guided at every σ; loading it must not switch to today's defaults."""
-    run_dir = tmp_path / "run"
-    extra = ["edis.next_state_delta=false", "edis.guidance_sigma_min=0.0"]
-    Trainer.create(tiny_config(hopper_dataset, "iql", "edis", extra), run_dir).run()
-    config_path = run_dir / "config.yaml"
-    saved = yaml.safe_load(config_path.read_text())
-    for key in ("next_state_delta", "guidance_sigma_min"):
-        del saved["edis"][key]
-    config_path.write_text(yaml.safe_dump(saved))
-    generator = Trainer.load(run_dir).supply.generator
-    assert not generator.layout.next_state_delta
-    assert generator.config.guidance_sigma_min == 0.0
 
 
 def test_same_seed_gives_the_same_run(hopper_dataset, tmp_path):

@@ -44,12 +44,8 @@ def environment_spec(env: gym.Env) -> dict[str, Any]:
             "action_shape": list(env.action_space.shape)}
 
 
-def changes(what: str, saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
-    """'dataset transitions 3000 -> 400', ... for every recorded key that differs now.
-
-    A checkpoint written before these records existed (saved None) has nothing to compare."""
-    if saved is None:
-        return []
+def changes(what: str, saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'dataset transitions 3000 -> 400', ... for every recorded key that differs now."""
     return [f"{what} {key} {_short(saved.get(key))} -> {_short(value)}"
             for key, value in now.items() if saved.get(key) != value]
 

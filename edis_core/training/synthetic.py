@@ -170,17 +170,11 @@ class SyntheticSupply:
                 "energy_version": self.energy_version, "table": self.table.state()}
 
     def load_state(self, state: dict[str, Any], synthetic: ReplayBuffer) -> None:
-        """`state` from `state()`, or the bare `last_refresh` of checkpoints written before
-        versions existed (their prior counts as version 1, trained energies as version 1)."""
+        """`state` as `state()` wrote it; `synthetic` holds the table's rows."""
         self.last_refresh = state["last_refresh"]
-        self.prior_version = state.get("prior_version", 1)
-        self.energy_version = (state["energy_version"] if "energy_version" in state
-                               else int(self.generator.energies_trained))
-        table = state.get("table") or {
-            "chunks": [[self.model_version, len(synthetic)]] if len(synthetic) else [],
-            "version": self.model_version, "inserted": len(synthetic), "sampled": 0,
-            "dropped_stale": 0}
-        self.table.load(synthetic, table)
+        self.prior_version = state["prior_version"]
+        self.energy_version = state["energy_version"]
+        self.table.load(synthetic, state["table"])
 
 
 class InProcessSupply(SyntheticSupply):

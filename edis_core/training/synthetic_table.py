@@ -13,7 +13,9 @@ guided samples replace old ones. Two rules make that explicit, whatever produces
   `samples_per_insert` rows per row inserted. Past that credit the learner takes offline
   rows in place of synthetic ones instead of waiting for generation, and while the credit
   exceeds `error_buffer` draws, no more rows are taken from a stream, so generation follows
-  demand.
+  demand. Rows evicted as stale take their credit with them: the credit never exceeds what
+  the rows still held can back (`samples_per_insert` × rows), else a table emptied by a
+  version change would hold credit enough never to read its stream again.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class SyntheticTable:
         self.version = 0  # the newest model version seen
         self.inserted = 0
         self.sampled = 0
+        self.forfeited = 0.0  # credit of rows evicted as stale
         self.dropped_stale = 0  # rows refused or evicted for being too old
 
     def __len__(self) -> int:
@@ -68,7 +71,7 @@ class SyntheticTable:
     @property
     def credit(self) -> float:
         """Draws still allowed by the reuse rule."""
-        return self.limit.samples_per_insert * self.inserted - self.sampled
+        return self.limit.samples_per_insert * self.inserted - self.sampled - self.forfeited
 
     def wants_rows(self) -> bool:
         """Whether a stream should deliver more rows now (the unused credit is small)."""
@@ -102,6 +105,7 @@ class SyntheticTable:
         self._chunks = deque([v, n] for v, n in self._chunks if v >= oldest)
         if len(kept):
             self.buffer.add(kept)
+        self.forfeited += max(0.0, self.credit - self.limit.samples_per_insert * len(kept))
 
     def allowance(self, n: int) -> int:
         """How many of n wanted rows the buffer and the draw credit allow now."""
@@ -130,7 +134,7 @@ class SyntheticTable:
     def state(self) -> dict[str, Any]:
         return {"chunks": [list(c) for c in self._chunks], "version": self.version,
                 "inserted": self.inserted, "sampled": self.sampled,
-                "dropped_stale": self.dropped_stale}
+                "forfeited": self.forfeited, "dropped_stale": self.dropped_stale}
 
     def load(self, buffer: ReplayBuffer, state: dict[str, Any]) -> None:
         chunks = [[int(v), int(n)] for v, n in state["chunks"]]
@@ -140,3 +144,4 @@ class SyntheticTable:
         self.buffer, self._chunks = buffer, deque(chunks)
         self.version, self.inserted = int(state["version"]), int(state["inserted"])
         self.sampled, self.dropped_stale = int(state["sampled"]), int(state["dropped_stale"])
+        self.forfeited = float(state["forfeited"])

@@ -38,7 +38,6 @@ from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
 from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator
-from edis_core.generator_config import saved_edis_values
 from edis_core.training import checkpoint, provenance
 from edis_core.training.config import GENERATED_MODES, TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
@@ -108,7 +107,7 @@ def scale_dataset_actions(data: Transitions, scaler: ActionScaler) -> Transition
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    """The configuration a run directory was created with, as its code then meant it."""
+    """The configuration a run directory was created with."""
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise checkpoint.CheckpointError(
@@ -118,8 +117,6 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         saved = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as err:
         raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
-    if isinstance(saved, dict) and isinstance(saved.get("edis"), dict):
-        saved["edis"] = saved_edis_values(saved["edis"])
     return from_dict(TrainConfig, saved)
 
 
@@ -524,9 +521,7 @@ class Trainer:
                 self.generator.load_state_dict(state["generator"])
             self.rng.bit_generator.state = progress["numpy_rng"]
             self.phase, self.steps = progress["phase"], progress["steps"]
-            # Checkpoints from before the counter existed: updates kept pace with env steps.
-            self.updates = progress.get("online_updates",
-                                        self.steps["online"] * self.config.utd_ratio)
+            self.updates = progress["online_updates"]
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise checkpoint.CheckpointError(
                 f"checkpoint in {directory} does not match this run's configuration "
@@ -535,9 +530,8 @@ class Trainer:
         self.positive = checkpoint.load_buffer(directory, "positive", PositiveBuffer.load)
         if self.supply is not None:
             synthetic = checkpoint.load_buffer(directory, "synthetic", ReplayBuffer.load)
-            try:  # checkpoints from before versions kept only `last_refresh`
-                self.supply.load_state(progress.get("synthetic")
-                                       or {"last_refresh": progress["last_refresh"]}, synthetic)
+            try:
+                self.supply.load_state(progress["synthetic"], synthetic)
             except (KeyError, ValueError, TypeError) as err:
                 raise checkpoint.CheckpointError(
                     f"checkpoint in {directory}: its synthetic-data record does not fit "
@@ -547,8 +541,13 @@ class Trainer:
 
     def _check_provenance(self, progress: dict[str, Any], accept: bool) -> None:
         """The dataset and environment must be those the checkpoint was made on."""
-        changed = (provenance.changes("dataset", progress.get("dataset"), self.data_fingerprint)
-                   + provenance.changes("environment", progress.get("env"),
+        missing = [key for key in ("dataset", "env") if key not in progress]
+        if missing:
+            raise checkpoint.CheckpointError(
+                f"checkpoint in {self.run_dir} records no {' or '.join(missing)}: it was not "
+                "written by this version of edis; start the run again")
+        changed = (provenance.changes("dataset", progress["dataset"], self.data_fingerprint)
+                   + provenance.changes("environment", progress["env"],
                                         provenance.environment_spec(self.env)))
         if not changed:
             return
