@@ -473,15 +473,16 @@ def test_data_of_another_env_version_warns(minari_root, tmp_path, capsys):
     assert len(warning) == 1 and warning[0].startswith("edis: warning:")
 
 
-def test_a_checkpoint_from_before_the_data_records_resumes_unchecked(hopper_dataset, tmp_path):
+def test_a_checkpoint_without_its_data_records_is_refused_with_what_to_do(hopper_dataset,
+                                                                          tmp_path):
     run_dir = tmp_path / "run"
     Trainer.create(tiny_config(hopper_dataset, extra=["online_steps=0"]), run_dir).run()
     progress_path = run_dir / "checkpoint" / "progress.json"
     progress = json.loads(progress_path.read_text())
     del progress["dataset"], progress["env"]
     progress_path.write_text(json.dumps(progress))
-    assert Trainer.load(run_dir).run()["status"] == "completed"
-    assert "dataset" in json.loads(progress_path.read_text())  # recorded from now on
+    with pytest.raises(CheckpointError, match=r"records no dataset or env.*start the run again"):
+        Trainer.load(run_dir)
 
 
 def test_an_interrupt_while_loading_is_one_line_and_130(monkeypatch, capsys):
