@@ -35,10 +35,11 @@ def guidance_hook(
     dim: int,
     known: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    observer: Callable[[float], None] | None = None,
 ) -> EnergyGuidance | None:
     """The sampler's guidance by `terms` on D = `dim` dims with `config`'s interval and
     clip; None when every scale is 0 or None, so that sampling is then exactly the unguided
-    sampler (see EnergyGuidance for `known` and `generator`)."""
+    sampler (see EnergyGuidance for `known`, `generator` and `observer`)."""
     clip = config.guidance_clip
     guidance = EnergyGuidance(
         terms,
@@ -47,6 +48,7 @@ def guidance_hook(
         known=known,
         generator=generator,
         sigma_min=config.guidance_sigma_min,
+        observer=observer,
     )
     return guidance if guidance.active else None
 
@@ -113,6 +115,8 @@ class SyntheticGenerator:
         )
         self.energies_trained = False
         self.dropped_rows = 0  # generated rows with NaN/inf, never returned
+        # Told the mean ‖σ·g‖ of every guided denoiser evaluation (EnergyGuidance's observer).
+        self.guidance_observer: Callable[[float], None] | None = None
         self.denoiser_evaluations = 0  # spent on contrastive sets, all refreshes together
 
     # ----- offline phase: the prior ---------------------------------------------------------
@@ -199,7 +203,8 @@ class SyntheticGenerator:
             for name, net in self.energies.items()
             if name in names
         ]
-        return guidance_hook(self.config, terms, self.layout.dim, known, self.rng)
+        return guidance_hook(self.config, terms, self.layout.dim, known, self.rng,
+                             self.guidance_observer)
 
     # ----- sampling ------------------------------------------------------------------------
     def seed_sampling(self, seed: int) -> None:

@@ -27,6 +27,11 @@ class Agent(Protocol):
         """log π(a|s) per row (no gradient); used by the diagnostics."""
         ...
 
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """The policy network's weights, detached, on the CPU: what rollout actors and the
+        saved policy module load."""
+        ...
+
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on every network; returns scalar losses for logging."""
         ...
@@ -73,3 +78,6 @@ class ActorPolicy:
     @torch.no_grad()
     def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.actor.log_prob(observations, actions)
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.actor.state_dict().items()}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,9 @@ class EnergyGuidance:
     `known` (a (D,) bool mask) is for the conditional sampler, which holds those dims clean:
     the energies were trained on inputs whose known dims are forward-noised to σ, so they
     are read that way here (fresh ε from `generator`), and get no gradient.
+
+    `observer`, when given, is called with the mean per-row ‖σ·g‖ of every evaluation where
+    guidance acts (the sampler service's metrics); it costs one host sync per evaluation.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class EnergyGuidance:
         known: torch.Tensor | None = None,
         sigma_min: float = 0.0,
         generator: torch.Generator | None = None,
+        observer: Callable[[float], None] | None = None,
     ):
         if max_norm is not None and max_norm <= 0:
             raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
@@ -55,6 +59,7 @@ class EnergyGuidance:
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.known = known
         self.generator = generator
+        self.observer = observer
 
     @property
     def active(self) -> bool:
@@ -75,4 +80,6 @@ class EnergyGuidance:
         if self.max_norm is not None:
             norm = grad.norm(dim=1, keepdim=True) * sigma
             grad = grad * (self.max_norm / norm.clamp_min(self.max_norm))
+        if self.observer is not None:
+            self.observer(float((grad.norm(dim=1) * sigma).mean()))
         return grad

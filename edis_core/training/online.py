@@ -2,15 +2,18 @@
 
 `edis train` steps one environment in the learner's own process (`LocalEnvSource`, below);
 `edis run` collects whole episodes from rollout actors (services/learner/actors_source.py).
-Either advances the learner's env-step count and hands the data over with
-`learner.record_episode`; the loop that uses them is the same (Trainer._run_online).
+A source sees the learner only through `Learner` (its counters, its policy, its log) and
+returns what it collected as `Arrival`s; the loop that stores them and advances the env-step
+count is the same for both (Trainer._run_online).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import torch
 
 from edis_core.training.envs import ActionScaler
 from edis_core.transitions import Transitions
@@ -18,17 +21,50 @@ from edis_core.transitions import Transitions
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from edis_core.training.trainer import Trainer
+
+@dataclass
+class Arrival:
+    """Consecutive transitions of one episode; `ends_episode`: its last row is the episode's
+    last (the loop then labels the whole episode and hands it to the positive buffer)."""
+
+    transitions: Transitions
+    ends_episode: bool
+
+
+class Learner(Protocol):
+    """What a source reads of the learner."""
+
+    @property
+    def env_steps(self) -> int:
+        """Online env steps stored so far."""
+        ...
+
+    @property
+    def updates(self) -> int:
+        """Online agent updates done so far."""
+        ...
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        """Exploratory actions of the current policy, in the agent's [-1, 1] units."""
+        ...
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """The current policy's weights, on the CPU."""
+        ...
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append a record to the run's metrics log."""
+        ...
 
 
 class OnlineSource(Protocol):
-    def start(self, learner: Trainer) -> None:
+    def start(self, learner: Learner) -> None:
         """The online phase begins or resumes."""
         ...
 
-    def collect(self, learner: Trainer, wait: bool) -> None:
-        """Add new transitions to the learner; `wait`: the learner has no update to do until
-        data arrive, so the source may block a little for them."""
+    def collect(self, learner: Learner, wait: bool) -> list[Arrival]:
+        """New transitions, in the order they happened; `wait`: the learner has no update to
+        do until data arrive, so the source may block a little for them."""
         ...
 
     def close(self) -> None: ...
@@ -40,23 +76,20 @@ class OnlineSource(Protocol):
 
 class LocalEnvSource:
     """One environment in the learner's process: one step per `collect`, acting with the
-    agent's current policy (exploration on). An episode in progress at a checkpoint is not
+    learner's current policy (exploration on). An episode in progress at a checkpoint is not
     resumable (the simulator state is not saved): a resumed run starts a fresh one."""
 
     def __init__(self, env: gym.Env, scaler: ActionScaler, seed: int):
         self.env, self.scaler, self.seed = env, scaler, seed
         self.obs: np.ndarray | None = None
-        self.episode: list[Transitions] = []
-        self.replay_rows: list[int] = []
 
-    def start(self, learner: Trainer) -> None:
+    def start(self, learner: Learner) -> None:
         if self.obs is None:
-            self.obs, _ = self.env.reset(seed=self.seed + learner.steps["online"])
+            self.obs, _ = self.env.reset(seed=self.seed + learner.env_steps)
 
-    def collect(self, learner: Trainer, wait: bool) -> None:
+    def collect(self, learner: Learner, wait: bool) -> list[Arrival]:
         assert self.obs is not None
-        learner.steps["online"] += 1  # first, so an episode ending now is logged at it
-        action = learner.agent.act(self.obs[None].astype(np.float32), deterministic=False)[0]
+        action = learner.act(self.obs[None].astype(np.float32))[0]
         next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
         row = Transitions(
             observations=self.obs[None].astype(np.float32), actions=action[None],
@@ -65,14 +98,10 @@ class LocalEnvSource:
             terminals=np.array([float(terminated)], np.float32),
             timeouts=np.array([float(truncated)], np.float32),
             mc_returns=np.array([-np.inf], np.float32))
-        self.replay_rows.extend(learner.replay.add(row).tolist())
-        self.episode.append(row)
         self.obs = next_obs
         if terminated or truncated:
-            learner.record_episode(Transitions.concatenate(self.episode),
-                                   np.asarray(self.replay_rows))
-            self.episode, self.replay_rows = [], []
             self.obs, _ = self.env.reset()
+        return [Arrival(row, ends_episode=bool(terminated or truncated))]
 
     def close(self) -> None:
         """The environment belongs to the learner, which closes nothing here."""

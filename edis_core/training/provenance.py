@@ -9,12 +9,15 @@ resume compares them with what it finds now.
 from __future__ import annotations
 
 import hashlib
+import warnings
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from edis_core.data.minari_io import OfflineDataset
+from edis_core.training.checkpoint import CheckpointError
 
 
 class ChangedDataWarning(UserWarning):
@@ -53,3 +56,26 @@ def changes(what: str, saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def _short(value: Any) -> str:
     text = str(value)
     return text[:12] + "..." if len(text) > 40 else text  # content hashes
+
+
+def check(run_dir: Path, progress: dict[str, Any], dataset: dict[str, Any],
+          env: dict[str, Any], accept: bool) -> None:
+    """A resume's data must be what the checkpoint (`progress`) was made on: `dataset` (its
+    fingerprint) and `env` (its spec) now. A change is refused, or with `accept` warned of."""
+    missing = [key for key in ("dataset", "env") if key not in progress]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint in {run_dir} records no {' or '.join(missing)}: it was not "
+            "written by this version of edis; start the run again")
+    changed = (changes("dataset", progress["dataset"], dataset)
+               + changes("environment", progress["env"], env))
+    if not changed:
+        return
+    listing = "; ".join(changed)
+    if not accept:
+        raise CheckpointError(
+            f"the data of {run_dir} changed since its checkpoint: {listing}. Restore "
+            f"them, or continue on the new ones with `edis train --resume {run_dir} "
+            "--accept-changed-data`")
+    warnings.warn(f"the data of {run_dir} changed since its checkpoint ({listing}); "
+                  "continuing on the new ones", ChangedDataWarning, stacklevel=4)

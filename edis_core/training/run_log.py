@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edis_core.finite import NonFiniteError
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "learning_curve.png"
@@ -18,6 +20,31 @@ class RunFailure(RuntimeError):
     """A fault the run cannot go on past (a required service gone for good, say): the run
     stops with status "failed", a checkpoint of its (sound) state and this one-line reason,
     and `--resume` continues it once the fault is mended."""
+
+
+def failure_message(err: Exception, where: str, saved: bool,
+                    checkpointed: dict[str, int] | None, run_dir: Path) -> str:
+    """summary.json's one-line reason for a run stopped at `where` by `err`, and what to do.
+    A non-finite loss or value, or an unexpected error: the weights in memory may be unsound,
+    so nothing was saved and the last checkpoint (its steps: `checkpointed`) stays the run's
+    state. A RunFailure: its state is sound and was just saved (`saved`)."""
+    kept = (f"the last good checkpoint ({_describe(checkpointed)}) is kept"
+            if checkpointed is not None else "no checkpoint had been written")
+    if saved:
+        advice = f"a checkpoint was written; mend that, then `--resume {run_dir}`"
+    elif isinstance(err, NonFiniteError):
+        advice = f"{kept}. Check the dataset and lower the learning rates, then start a new run"
+    else:
+        advice = f"{kept}; run it again as `edis --debug ...` for the traceback, and report it"
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if not isinstance(err, NonFiniteError | RunFailure):
+        reason = f"unexpected {type(err).__name__}: {reason}"
+    return f"{where}: {reason}. The run stopped; {advice}"
+
+
+def _describe(steps: dict[str, int]) -> str:
+    """{"prior": 60, "offline": 100, "online": 0} -> "prior step 60, offline step 100"."""
+    return ", ".join(f"{phase} step {step}" for phase, step in steps.items() if step) or "step 0"
 
 
 def json_safe(value: Any) -> tuple[Any, int]:

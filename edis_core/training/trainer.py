@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +43,7 @@ from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
 from edis_core.training.normalization import normalize_agent
-from edis_core.training.online import LocalEnvSource, OnlineSource
+from edis_core.training.online import Arrival, LocalEnvSource, OnlineSource
 from edis_core.training.run_dir import RunDirLock, check_fresh_start
 from edis_core.training.run_log import (
     METRICS_FILE,
@@ -52,6 +51,7 @@ from edis_core.training.run_log import (
     SUMMARY_FILE,
     MetricsLog,
     RunFailure,
+    failure_message,
     plot_learning_curve,
     write_summary,
 )
@@ -169,6 +169,9 @@ class Trainer:
         self.online_seconds = dict.fromkeys(("collect", "synthetic", "agent_updates"), 0.0)
         self.online_steps_timed = 0  # online env steps this process ran (the seconds' steps)
         self.last_losses: dict[str, float] = {}
+        # The episode in progress: its rows so far and where replay holds them.
+        self._episode: list[Transitions] = []
+        self._episode_rows: list[int] = []
         self.stop = GracefulStop(f"resume with `edis train --resume {run_dir}`")
         self.checkpointed: dict[str, int] | None = None  # steps of the last checkpoint
 
@@ -378,7 +381,7 @@ class Trainer:
             while self.steps["online"] < total and not self._stopping:
                 before = self.steps["online"]
                 clock = time.perf_counter()
-                self.online.collect(self, wait=before * utd <= self.updates)
+                self._store(self.online.collect(self, wait=before * utd <= self.updates))
                 bar.update(self.steps["online"] - before)
                 clock = self._charge("collect", clock)
                 self._maintain_synthetic()
@@ -399,15 +402,37 @@ class Trainer:
         self.online_seconds[part] += now - since
         return now
 
-    def record_episode(self, episode: Transitions, replay_rows: np.ndarray | None = None) -> None:
-        """A finished episode: label it with its return-to-go (Cal-QL's reference), store it
-        in replay (unless its rows are there already, at `replay_rows`) and in the positive
-        buffer, and log it at the current env step."""
+    # ----- what an online source reads (edis_core/training/online.py's Learner) ---------------
+    @property
+    def env_steps(self) -> int:
+        return self.steps["online"]
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        return self.agent.act(observations, deterministic=False)
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        return self.agent.policy_weights()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.log.write(record)
+
+    def _store(self, arrivals: list[Arrival]) -> None:
+        """New transitions into replay, counted as env steps; each finished episode labelled
+        with its return-to-go (Cal-QL's reference), in replay and in the positive buffer, and
+        logged at the env step it ended on."""
+        for arrival in arrivals:
+            rows = arrival.transitions
+            self.steps["online"] += len(rows)
+            self._episode_rows.extend(self.replay.add(rows).tolist())
+            self._episode.append(rows)
+            if arrival.ends_episode:
+                self._record_episode(Transitions.concatenate(self._episode),
+                                     np.asarray(self._episode_rows))
+                self._episode, self._episode_rows = [], []
+
+    def _record_episode(self, episode: Transitions, replay_rows: np.ndarray) -> None:
         episode.mc_returns = discounted_returns_to_go(episode.rewards, self._gamma)
-        if replay_rows is None:
-            self.replay.add(episode)
-        else:
-            self.replay.set_mc_returns(replay_rows, episode.mc_returns)
+        self.replay.set_mc_returns(replay_rows, episode.mc_returns)
         self.positive.add_episode(episode)
         self.log.write({"kind": "episode", "phase": "online", "step": self.steps["online"],
                         "return": float(episode.rewards.sum()), "length": len(episode)})
@@ -511,7 +536,8 @@ class Trainer:
 
     def _restore(self, accept_changed_data: bool) -> None:
         state, progress, directory = checkpoint.load(self.run_dir)
-        self._check_provenance(progress, accept_changed_data)
+        provenance.check(self.run_dir, progress, self.data_fingerprint,
+                         provenance.environment_spec(self.env), accept_changed_data)
         try:
             self.agent.load_state_dict(state["agent"])
             torch.set_rng_state(state["torch_rng"])
@@ -539,47 +565,12 @@ class Trainer:
         self.checkpointed = dict(self.steps)
         self.mixer = self._build_mixer()
 
-    def _check_provenance(self, progress: dict[str, Any], accept: bool) -> None:
-        """The dataset and environment must be those the checkpoint was made on."""
-        missing = [key for key in ("dataset", "env") if key not in progress]
-        if missing:
-            raise checkpoint.CheckpointError(
-                f"checkpoint in {self.run_dir} records no {' or '.join(missing)}: it was not "
-                "written by this version of edis; start the run again")
-        changed = (provenance.changes("dataset", progress["dataset"], self.data_fingerprint)
-                   + provenance.changes("environment", progress["env"],
-                                        provenance.environment_spec(self.env)))
-        if not changed:
-            return
-        listing = "; ".join(changed)
-        if not accept:
-            raise checkpoint.CheckpointError(
-                f"the data of {self.run_dir} changed since its checkpoint: {listing}. Restore "
-                f"them, or continue on the new ones with `edis train --resume {self.run_dir} "
-                "--accept-changed-data`")
-        warnings.warn(f"the data of {self.run_dir} changed since its checkpoint ({listing}); "
-                      "continuing on the new ones", provenance.ChangedDataWarning, stacklevel=3)
-
     # ----------------------------------------------------------------- results
     def _fail(self, err: Exception, saved: bool) -> dict[str, Any]:
-        """The run stops "failed". A non-finite loss or value, or an unexpected error: the
-        weights in memory may be unsound, so nothing is saved and the last checkpoint stays
-        the run's state. A RunFailure: its state is sound and was just saved (`saved`)."""
+        """The run stops "failed", with the reason and what to do (run_log.failure_message)."""
         phase = self.phase if self.phase in self.steps else "online"
-        kept = (f"the last good checkpoint ({_describe(self.checkpointed)}) is kept"
-                if self.checkpointed is not None else "no checkpoint had been written")
-        if saved:
-            advice = f"a checkpoint was written; mend that, then `--resume {self.run_dir}`"
-        elif isinstance(err, NonFiniteError):
-            advice = (f"{kept}. Check the dataset and lower the learning rates, then start a "
-                      "new run")
-        else:
-            advice = (f"{kept}; run it again as `edis --debug ...` for the traceback, and "
-                      "report it")
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if not isinstance(err, NonFiniteError | RunFailure):
-            reason = f"unexpected {type(err).__name__}: {reason}"
-        message = f"{phase} step {self.steps[phase]}: {reason}. The run stopped; {advice}"
+        message = failure_message(err, f"{phase} step {self.steps[phase]}", saved,
+                                  self.checkpointed, self.run_dir)
         self.log.write({"kind": "failure", "phase": phase, "step": self.steps[phase],
                         "error": message})
         return self._finish("failed", error=message)
@@ -618,7 +609,3 @@ def _offline_part(config: TrainConfig) -> dict[str, Any]:
     agent = config.agent_config
     return {k: v for k, v in dataclasses.asdict(agent).items() if k not in agent.online_only}
 
-
-def _describe(steps: dict[str, int]) -> str:
-    """{"prior": 60, "offline": 100, "online": 0} -> "prior step 60, offline step 100"."""
-    return ", ".join(f"{phase} step {step}" for phase, step in steps.items() if step) or "step 0"

@@ -16,12 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from edis_core.agents import actor_hidden
 from edis_core.training.config import RuntimeConfig
-from edis_core.transitions import Transitions
+from edis_core.training.online import Arrival, Learner
 from services.rollout import RolloutPool, RolloutSpec
 
 if TYPE_CHECKING:
@@ -36,6 +35,7 @@ class RolloutActorsSource:
     def __init__(self, trainer: Trainer, runtime: RuntimeConfig):
         config = trainer.config
         self.runtime = runtime
+        self.utd_ratio, self.online_steps = config.utd_ratio, config.online_steps
         self.spec = RolloutSpec(
             env_id=trainer.env.spec.id, agent=config.agent,
             hidden=actor_hidden(config.agent_config), obs_dim=trainer.offline.obs_dim,
@@ -49,44 +49,44 @@ class RolloutActorsSource:
         # Called with each block's policy lag: learner updates since its policy was published.
         self.lag_observers: list[Callable[[int], None]] = []
 
-    def start(self, learner: Trainer) -> None:
+    def start(self, learner: Learner) -> None:
         # Offline, the learner had the cores to itself (config.torch_threads); online, the
         # actors and the sampler need theirs.
         torch.set_num_threads(self.runtime.learner_threads)
-        learner.log.write({"kind": "actors", "phase": "online", "step": learner.steps["online"],
-                           "backend": self.pool.backend_name, "pids": self.pool.actor_pids()})
+        learner.write({"kind": "actors", "phase": "online", "step": learner.env_steps,
+                       "backend": self.pool.backend_name, "pids": self.pool.actor_pids()})
 
-    def collect(self, learner: Trainer, wait: bool) -> None:
+    def collect(self, learner: Learner, wait: bool) -> list[Arrival]:
         admit = self._calls_to_admit(learner)
         if admit:
             self._publish_policy(learner)
+        arrivals = []
         for block in self.pool.collect(admit, WAIT_SECONDS if wait else 0.0):
             if block.policy_version < self.pool.policy_version:
                 self.lagged_episodes += len(block.episode_ends)
             self._observe_lag(learner.updates, block.policy_version)
             start = 0
-            for end in block.episode_ends:
-                episode = block.transitions.take(slice(start, int(end)))
-                learner.steps["online"] += len(episode)
-                learner.record_episode(_writable(episode))
+            for end in block.episode_ends:  # blocks hold whole episodes
+                arrivals.append(Arrival(block.transitions.take(slice(start, int(end))),
+                                        ends_episode=True))
                 start = int(end)
+        return arrivals
 
-    def _calls_to_admit(self, learner: Trainer) -> int:
-        per_call, utd = self.spec.steps_per_call, learner.config.utd_ratio
-        steps = learner.steps["online"]
+    def _calls_to_admit(self, learner: Learner) -> int:
+        per_call, utd = self.spec.steps_per_call, self.utd_ratio
+        steps = learner.env_steps
         owed = steps - learner.updates / utd  # env steps' worth of updates still to do
         in_flight = self.pool.stats()["in_flight"] * per_call
         short = LEAD_CALLS * per_call - owed - in_flight
-        left = learner.config.online_steps - steps - in_flight
+        left = self.online_steps - steps - in_flight
         if short <= 0 or left <= 0:
             return 0
         return min(math.ceil(short / per_call), math.ceil(left / per_call))
 
-    def _publish_policy(self, learner: Trainer) -> None:
+    def _publish_policy(self, learner: Learner) -> None:
         if learner.updates == self.pushed_at:
             return
-        weights = {k: v.detach().cpu() for k, v in learner.agent.actor.state_dict().items()}
-        self.pool.set_policy(weights, self.pool.policy_version + 1)
+        self.pool.set_policy(learner.policy_weights(), self.pool.policy_version + 1)
         self.pushed_at = learner.updates
         self._published_at[self.pool.policy_version] = learner.updates
         if len(self._published_at) > KEPT_VERSIONS:
@@ -109,8 +109,3 @@ class RolloutActorsSource:
     def close(self) -> None:
         self.pool.close()
 
-
-def _writable(episode: Transitions) -> Transitions:
-    """Blocks arrive as read-only views of Ray's object store; the learner labels episodes
-    (return-to-go) in place."""
-    return Transitions(**{k: np.array(v) for k, v in episode.as_dict().items()})

@@ -53,9 +53,9 @@ def save_policy(trainer: Trainer) -> Path:
     """The run's policy as an RLlib RLModule checkpoint, `RLModule.from_checkpoint` loads it
     (RUN_DIR/rlmodule; it acts in the agents' [-1, 1] action units)."""
     config = trainer.config
-    weights = {k: v.detach().cpu() for k, v in trainer.agent.actor.state_dict().items()}
     return save_policy_module(config.agent, actor_hidden(config.agent_config),
-                              trainer.offline.obs_dim, trainer.offline.act_dim, weights,
+                              trainer.offline.obs_dim, trainer.offline.act_dim,
+                              trainer.policy_weights(),
                               trainer.run_dir / POLICY_MODULE_DIR)
 
 

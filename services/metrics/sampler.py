@@ -1,18 +1,17 @@
 """Metrics of the sampler service (`edis sampler serve --metrics-port PORT`).
 
 What the service already counts (batches, transitions, dropped rows, publishes, queues,
-consumers, weight versions) is read from it at scrape time; generation latency, guidance
-norms and gRPC calls are observed as they happen.
+consumers, weight versions) is read from its snapshot at scrape time; generation latency,
+guidance norms (the generator's guidance observer) and gRPC calls are observed as they
+happen.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -20,7 +19,8 @@ from prometheus_client.registry import Collector
 from services.metrics.endpoint import new_registry
 
 if TYPE_CHECKING:
-    from services.sampler.server import SamplerService
+    from edis_core.generator import SyntheticGenerator
+    from services.sampler.snapshot import SamplerSnapshot
 
 # One batch of 1,000 rows takes ~0.1 s unguided at the demo size on a CPU core and ~10 s at
 # the paper size; 128-step paper-size guided batches of 10k rows take minutes.
@@ -48,70 +48,51 @@ class SamplerMetrics:
             "edis_sampler_grpc_started_total", "gRPC calls started, by method", ["method"],
             registry=self.registry)
 
-    def watch(self, service: SamplerService) -> None:
-        """Read the service's counters and state at every scrape."""
-        self.registry.register(_ServiceState(service))
+    def watch(self, snapshot: Callable[[], SamplerSnapshot]) -> None:
+        """Read the service's counters and state (`snapshot()`) at every scrape."""
+        self.registry.register(_ServiceState(snapshot))
 
-    def observe_guidance(self, generator: Any) -> None:
-        """Observe the norms of every guidance term `generator` computes from now on (its
-        `guidance()` hooks are wrapped; the sampling itself is unchanged)."""
-        make_guidance = generator.guidance
-        histogram = self.guidance_norm
-
-        def observed_guidance(*args: Any, **kwargs: Any) -> Callable | None:
-            hook = make_guidance(*args, **kwargs)
-            if hook is None:
-                return None
-
-            def guidance(x: torch.Tensor, sigma: float) -> torch.Tensor:
-                grad = hook(x, sigma)
-                norm = float((grad.detach().norm(dim=1) * sigma).mean())
-                if norm > 0:
-                    histogram.observe(norm)
-                return grad
-
-            return guidance
-
-        generator.guidance = observed_guidance
+    def observe_guidance(self, generator: SyntheticGenerator) -> None:
+        """Observe the norm of every guidance term `generator` applies from now on."""
+        generator.guidance_observer = self.guidance_norm.observe
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _CallCounter(self)
 
 
 class _ServiceState(Collector):
-    def __init__(self, service: SamplerService):
-        self.service = service
+    def __init__(self, snapshot: Callable[[], SamplerSnapshot]):
+        self.snapshot = snapshot
 
     def collect(self) -> Iterable[Metric]:
-        service = self.service
-        counters, consumers, model = dict(service.counters), list(service.consumers.values()), \
-            service.model
-        for name, key, text in (
-                ("batches", "batches", "Batches generated"),
-                ("transitions", "transitions", "Transitions generated (finite rows)"),
-                ("dropped_nonfinite_rows", "dropped", "Generated rows dropped for NaN/inf")):
-            yield CounterMetricFamily(f"edis_sampler_{name}", text, value=counters[key])
+        now = self.snapshot()
+        for name, value, text in (
+                ("batches", now.batches, "Batches generated"),
+                ("transitions", now.transitions, "Transitions generated (finite rows)"),
+                ("dropped_nonfinite_rows", now.dropped_nonfinite_rows,
+                 "Generated rows dropped for NaN/inf")):
+            yield CounterMetricFamily(f"edis_sampler_{name}", text, value=value)
         publishes = CounterMetricFamily("edis_sampler_publishes", "PublishWeights calls",
                                         labels=["result"])
-        publishes.add_metric(["accepted"], counters["accepted"])
-        publishes.add_metric(["rejected"], counters["rejected"])
+        publishes.add_metric(["accepted"], now.publishes_accepted)
+        publishes.add_metric(["rejected"], now.publishes_rejected)
         yield publishes
         yield GaugeMetricFamily("edis_sampler_queue_depth_batches",
                                 "Batches generated and waiting, all streams",
-                                value=sum(c.queue.qsize() for c in consumers))
+                                value=now.queue_depth)
         yield GaugeMetricFamily("edis_sampler_queue_capacity_batches",
                                 "Batches generated ahead per stream (--queue-batches)",
-                                value=service.options.queue_batches)
+                                value=now.queue_capacity)
         yield GaugeMetricFamily("edis_sampler_stream_consumers", "Open StreamBatches calls",
-                                value=len(consumers))
+                                value=now.consumers)
         versions = GaugeMetricFamily("edis_sampler_weights_version",
                                      "Version of each held model (0: not loaded)",
                                      labels=["model"])
-        for name, version in (dict(model.versions) if model else {}).items():
+        for name, version in now.versions.items():
             versions.add_metric([name], version)
         yield versions
         yield GaugeMetricFamily("edis_sampler_uptime_seconds", "Seconds since start",
-                                value=time.monotonic() - service.started)
+                                value=now.uptime_seconds)
 
 
 class _CallCounter(grpc.aio.ServerInterceptor):

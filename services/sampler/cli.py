@@ -6,13 +6,13 @@ import argparse
 import json
 
 from services.metrics.endpoint import add_metrics_arguments, metrics_endpoint
+from services.sampler.options import ServeOptions
 from services.sampler.security import (
     add_client_arguments,
     add_server_arguments,
     client_security,
     server_security,
 )
-from services.sampler.server import ServeOptions
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services.sampler.server import run
+    from services.sampler.serve import run
 
     return run(ServeOptions(
         host=args.host, port=args.port, device=args.device, threads=args.threads,

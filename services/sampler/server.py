@@ -1,5 +1,6 @@
-"""The diffusion-sampler service (`edis sampler serve`), the server side of
-protos/edis/sampler/v1/sampler.proto.
+"""The diffusion-sampler service, the server side of protos/edis/sampler/v1/sampler.proto:
+generation scheduling and the RPC handlers (publishes are checked by publish.py; the
+process that serves it is serve.py).
 
 One asyncio loop (grpc.aio) owns every piece of state. Generation runs one batch at a time
 in a worker thread, so the loop keeps answering while torch computes; published weights
@@ -12,28 +13,24 @@ its queue and never stops the others.
 from __future__ import annotations
 
 import asyncio
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from edis_core.generator import SyntheticGenerator
 from protos.edis.sampler.v1 import sampler_pb2 as pb
 from protos.edis.sampler.v1 import sampler_pb2_grpc as pb_grpc
-from services.metrics.endpoint import MetricsEndpoint, serving
 from services.metrics.sampler import SamplerMetrics
 from services.sampler import weights as w
-from services.sampler.security import ServerSecurity
+from services.sampler.options import ServeOptions
+from services.sampler.publish import HeldModel, PublishRejected, StagedPublish, receive_publish
+from services.sampler.snapshot import SamplerSnapshot
 from services.sampler.wire import (
-    CHANNEL_OPTIONS,
     SERVICE_NAME,
     GeneratedBatch,
     batch_messages,
@@ -45,71 +42,6 @@ from services.sampler.wire import (
 SERVING, NOT_SERVING = (health_pb2.HealthCheckResponse.SERVING,
                         health_pb2.HealthCheckResponse.NOT_SERVING)
 MAX_CONSUMER_NAME = 64
-
-
-@dataclass
-class ServeOptions:
-    """`edis sampler serve` settings; validated at start-up."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051  # 0: any free port (the bound one is printed)
-    device: str = "cpu"
-    threads: int = 1  # torch threads: two torch processes with default threads on 2 cores
-    # slow each other down up to 100x (docs/runtime.md, Threads)
-    queue_batches: int = 4  # batches generated ahead, per stream
-    seed: int = 0  # seeds the sampler's RNG whenever a model is built
-    max_consumers: int = 16
-    max_batch_rows: int = 100_000
-    max_publish_bytes: int = 256 * 1024 * 1024  # per model blob
-    max_parameters: int = 100_000_000
-    from_run: str | None = None  # start with the generator of an `edis train` run
-    grace_seconds: float = 5.0  # on SIGTERM, how long open RPCs get to end
-    metrics: MetricsEndpoint | None = None  # Prometheus /metrics; None: no endpoint
-    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, bearer token
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must be in [0, 65535], got {self.port}")
-        for name in ("threads", "queue_batches", "max_consumers", "max_batch_rows",
-                     "max_publish_bytes", "max_parameters"):
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device} requested but CUDA is not available; "
-                             "use --device cpu")
-
-
-class PublishRejected(Exception):
-    """A publish refused with a gRPC status; the sampler goes on serving the old weights."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class HeldModel:
-    """A generator and the version of each of its models (0: not loaded yet)."""
-
-    generator: SyntheticGenerator
-    spec: w.ModelSpec
-    versions: dict[str, int]
-
-    @classmethod
-    def empty(cls, generator: SyntheticGenerator, spec: w.ModelSpec) -> HeldModel:
-        return cls(generator, spec, dict.fromkeys(w.model_names(generator), 0))
-
-    @property
-    def energies(self) -> list[str]:
-        return [m for m in self.versions if m != w.PRIOR]
-
-    def ready(self, guided: bool) -> bool:
-        if not self.versions[w.PRIOR]:
-            return False
-        return not guided or all(self.versions[m] for m in self.energies)
 
 
 @dataclass
@@ -132,14 +64,6 @@ class Consumer:
 @dataclass
 class GenerationFailure:
     message: str
-
-
-@dataclass
-class StagedPublish:
-    target: HeldModel  # the held model, or a new one built from the publish's spec
-    tensors: dict[str, dict[str, torch.Tensor]]
-    versions: dict[str, int]
-    done: asyncio.Future
 
 
 class SamplerService(pb_grpc.SamplerServicer):
@@ -303,164 +227,34 @@ class SamplerService(pb_grpc.SamplerServicer):
                              context: grpc.aio.ServicerContext) -> pb.PublishWeightsResponse:
         async with self._publish_lock:
             try:
-                staged = await self._receive_publish(request_iterator)
+                staged = await receive_publish(request_iterator, self.model, self.options,
+                                               self.device)
             except PublishRejected as err:
                 self.counters["rejected"] += 1
                 await context.abort(err.code, str(err))
+            if staged.target is not self.model:
+                self.metrics.observe_guidance(staged.target.generator)
             self._staged.append(staged)
             self._wake.set()
             versions = await staged.done
             self.counters["accepted"] += 1
         return pb.PublishWeightsResponse(versions=versions_to_proto(versions))
 
-    async def _receive_publish(
-            self, requests: AsyncIterator[pb.PublishWeightsRequest]) -> StagedPublish:
-        invalid = grpc.StatusCode.INVALID_ARGUMENT
-        header: pb.PublishHeader | None = None
-        blobs: dict[str, bytearray] = {}
-        announced: dict[str, pb.ModelBlob] = {}
-        async for request in requests:
-            kind = request.WhichOneof("kind")
-            if header is None:
-                if kind != "header":
-                    raise PublishRejected(invalid, "the first message of a publish must be its "
-                                                   "header")
-                header = request.header
-                announced = self._check_header(header)
-                blobs = {name: bytearray() for name in announced}
-            elif kind == "header":
-                raise PublishRejected(invalid, "a publish has exactly one header")
-            else:
-                self._take_chunk(request.chunk, announced, blobs)
-        if header is None:
-            raise PublishRejected(invalid, "empty publish: no header")
-        target = await self._target_model(header)
-        tensors = {}
-        for name, blob in blobs.items():
-            tensors[name] = self._check_blob(name, announced[name], bytes(blob), target)
-            self._check_version(name, announced[name].version, target)
-        if target is not self.model:  # a new model: load now, it serves nothing yet
-            for name, received in tensors.items():
-                w.load_model_tensors(target.generator, name, received)
-            tensors = {}
-        return StagedPublish(target, tensors,
-                             {name: blob.version for name, blob in announced.items()},
-                             asyncio.get_running_loop().create_future())
-
-    def _check_header(self, header: pb.PublishHeader) -> dict[str, pb.ModelBlob]:
-        invalid = grpc.StatusCode.INVALID_ARGUMENT
-        if not header.models:
-            raise PublishRejected(invalid, "header.models is empty: nothing to publish")
-        announced: dict[str, pb.ModelBlob] = {}
-        for blob in header.models:
-            where = f"header.models[{blob.model!r}]"
-            if blob.model in announced:
-                raise PublishRejected(invalid, f"{where}: model announced twice")
-            if blob.version < 1:
-                raise PublishRejected(invalid, f"{where}.version must be >= 1")
-            if not 0 < blob.size_bytes <= self.options.max_publish_bytes:
-                raise PublishRejected(invalid, f"{where}.size_bytes must be in [1, "
-                                               f"{self.options.max_publish_bytes}] "
-                                               f"(--max-publish-bytes), got {blob.size_bytes}")
-            if len(blob.sha256) != 32:
-                raise PublishRejected(invalid, f"{where}.sha256 must be 32 bytes")
-            announced[blob.model] = blob
-        if w.PRIOR in announced and not header.HasField("spec"):
-            raise PublishRejected(invalid, "header.spec is required when the prior is published")
-        return announced
-
-    @staticmethod
-    def _take_chunk(chunk: pb.WeightsChunk, announced: dict[str, pb.ModelBlob],
-                    blobs: dict[str, bytearray]) -> None:
-        invalid = grpc.StatusCode.INVALID_ARGUMENT
-        if chunk.model not in announced:
-            raise PublishRejected(invalid, f"chunk for model {chunk.model!r}, which the header "
-                                           f"does not announce ({sorted(announced)})")
-        blob = blobs[chunk.model]
-        if chunk.offset != len(blob):
-            raise PublishRejected(invalid, f"chunk of {chunk.model!r} at offset {chunk.offset}, "
-                                           f"expected {len(blob)}: chunks out of order")
-        if len(blob) + len(chunk.data) > announced[chunk.model].size_bytes:
-            raise PublishRejected(invalid, f"chunks of {chunk.model!r} exceed the announced "
-                                           f"size_bytes {announced[chunk.model].size_bytes}")
-        blob.extend(chunk.data)
-
-    async def _target_model(self, header: pb.PublishHeader) -> HeldModel:
-        """The held model, or a new one when the publish brings the prior with a new spec."""
-        spec = None
-        if header.HasField("spec"):
-            s = header.spec
-            try:
-                spec = w.ModelSpec.parse(s.obs_dim, s.act_dim, s.edis_config_json)
-            except w.WeightsError as err:
-                raise PublishRejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
-        held = self.model
-        if held is not None and (spec is None or spec == held.spec):
-            return held
-        if not any(m.model == w.PRIOR for m in header.models):
-            if held is None:
-                raise PublishRejected(grpc.StatusCode.FAILED_PRECONDITION,
-                                      "the sampler holds no model yet: publish the prior first")
-            raise PublishRejected(grpc.StatusCode.FAILED_PRECONDITION,
-                                  "header.spec differs from the held model's; publish the "
-                                  "prior with it to replace the model")
-        assert spec is not None
-        parameters = spec.approximate_parameters()
-        if parameters > self.options.max_parameters:
-            raise PublishRejected(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"header.spec describes ~{parameters:,} parameters, over the "
-                                  f"sampler's --max-parameters {self.options.max_parameters:,}")
-        try:
-            generator = await asyncio.to_thread(w.build_generator, spec, self.device,
-                                                self.options.seed)
-        except w.WeightsError as err:
-            raise PublishRejected(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from err
-        self.metrics.observe_guidance(generator)
-        return HeldModel.empty(generator, spec)
-
-    @staticmethod
-    def _check_blob(name: str, blob_header: pb.ModelBlob, blob: bytes,
-                    target: HeldModel) -> dict[str, torch.Tensor]:
-        invalid = grpc.StatusCode.INVALID_ARGUMENT
-        if name not in target.versions:
-            raise PublishRejected(invalid, f"unknown model {name!r}; this model has "
-                                           f"{list(target.versions)}")
-        if len(blob) != blob_header.size_bytes:
-            raise PublishRejected(invalid, f"incomplete chunk stream: model {name!r} received "
-                                           f"{len(blob)} of {blob_header.size_bytes} bytes")
-        if w.digest(blob) != blob_header.sha256:
-            raise PublishRejected(invalid, f"model {name!r}: the received bytes do not match "
-                                           "header sha256")
-        try:
-            tensors = w.decode(name, blob)
-            w.check_tensors(name, w.model_tensors(target.generator, name), tensors)
-        except w.WeightsError as err:
-            raise PublishRejected(invalid, str(err)) from err
-        return tensors
-
-    @staticmethod
-    def _check_version(name: str, version: int, target: HeldModel) -> None:
-        held = target.versions[name]
-        if version <= held:
-            raise PublishRejected(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"model {name!r}: version {version} is not newer than the "
-                                  f"held version {held}")
-
     # ------------------------------------------------------------------------ GetStatus
     async def GetStatus(self, request: pb.GetStatusRequest,
                         context: grpc.aio.ServicerContext) -> pb.SamplerStatus:
-        model, capacity = self.model, self.options.queue_batches
+        model, now = self.model, self.snapshot()
         status = pb.SamplerStatus(
             serving=model is not None and model.ready(False) and not self.stopping.is_set(),
-            queue_capacity=capacity,
-            queue_depth=sum(c.queue.qsize() for c in self.consumers.values()),
-            batches_produced=self.counters["batches"],
-            transitions_produced=self.counters["transitions"],
-            dropped_nonfinite_rows=self.counters["dropped"],
-            consumers_connected=len(self.consumers),
-            publishes_accepted=self.counters["accepted"],
-            publishes_rejected=self.counters["rejected"],
-            uptime_seconds=time.monotonic() - self.started,
+            queue_capacity=now.queue_capacity,
+            queue_depth=now.queue_depth,
+            batches_produced=now.batches,
+            transitions_produced=now.transitions,
+            dropped_nonfinite_rows=now.dropped_nonfinite_rows,
+            consumers_connected=now.consumers,
+            publishes_accepted=now.publishes_accepted,
+            publishes_rejected=now.publishes_rejected,
+            uptime_seconds=now.uptime_seconds,
             device=str(self.device),
             torch_threads=torch.get_num_threads(),
         )
@@ -480,6 +274,17 @@ class SamplerService(pb_grpc.SamplerServicer):
                 waiting_for_weights=model is None or not model.ready(c.guided)))
         return status
 
+    def snapshot(self) -> SamplerSnapshot:
+        counters, consumers = self.counters, list(self.consumers.values())
+        return SamplerSnapshot(
+            batches=counters["batches"], transitions=counters["transitions"],
+            dropped_nonfinite_rows=counters["dropped"],
+            publishes_accepted=counters["accepted"], publishes_rejected=counters["rejected"],
+            queue_depth=sum(c.queue.qsize() for c in consumers),
+            queue_capacity=self.options.queue_batches, consumers=len(consumers),
+            versions=dict(self.model.versions) if self.model is not None else {},
+            uptime_seconds=time.monotonic() - self.started)
+
     # ------------------------------------------------------------------------- shutdown
     async def shutdown(self) -> None:
         await self.health.enter_graceful_shutdown()
@@ -487,80 +292,3 @@ class SamplerService(pb_grpc.SamplerServicer):
         self._wake.set()
         for staged in self._staged:
             staged.done.cancel()
-
-
-def generator_from_run(run_dir: Path, device: torch.device) -> tuple[SyntheticGenerator,
-                                                                   dict[str, int]]:
-    """The generator of an `edis train` run's latest checkpoint, at version 1 for every model
-    it has trained (a publisher continues from version 2)."""
-    from edis_core.training import checkpoint
-
-    state, _, _ = checkpoint.load(run_dir)
-    if "generator" not in state:
-        raise ValueError(f"{run_dir} was trained with synthetic=none: it has no diffusion prior "
-                         "to serve")
-    generator = SyntheticGenerator.from_state_dict(state["generator"], device=device)
-    if not generator.prior.normalizer.fitted:
-        raise ValueError(f"{run_dir} has not trained its prior yet; serve it after the prior "
-                         "phase, or start without --from-run and publish")
-    versions = {name: 1 for name in w.model_names(generator)}
-    if not generator.energies_trained:
-        versions.update({name: 0 for name in versions if name != w.PRIOR})
-    return generator, versions
-
-
-async def serve(options: ServeOptions) -> int:
-    torch.set_num_threads(options.threads)
-    metrics = SamplerMetrics()
-    # Metrics first, so that calls the token check refuses are counted too.
-    server = grpc.aio.server(options=CHANNEL_OPTIONS,
-                             interceptors=[metrics.interceptor(),
-                                           *options.security.interceptors()])
-    health = health_aio.HealthServicer()
-    service = SamplerService(options, health, metrics)
-    metrics.watch(service)
-    for name in ("", SERVICE_NAME):
-        await health.set(name, NOT_SERVING)
-    if options.from_run:
-        service.load(*generator_from_run(Path(options.from_run), service.device))
-    pb_grpc.add_SamplerServicer_to_server(service, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
-    address = f"{options.host}:{options.port}"
-    credentials = options.security.credentials()
-    try:
-        port = (server.add_insecure_port(address) if credentials is None
-                else server.add_secure_port(address, credentials))
-    except RuntimeError as err:
-        raise ValueError(f"cannot listen on {address} ({err}); choose another --port or "
-                         "--port 0 for any free one") from err
-    with serving(options.metrics, metrics.registry, "sampler"):
-        await server.start()
-        await _serve_until_stopped(server, service, options, port)
-    return 0
-
-
-async def _serve_until_stopped(server: grpc.aio.Server, service: SamplerService,
-                               options: ServeOptions, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_requested.set)
-    generation = asyncio.create_task(service.generate_forever())
-    security = options.security
-    transport = ("mutual TLS" if security.client_ca else "TLS" if security.cert
-                 else "plaintext") + (", bearer token" if security.token_file else "")
-    print(f"edis sampler listening on {options.host}:{port} "
-          f"(device {service.device}, {options.threads} torch thread(s), {transport})",
-          flush=True)
-    await stop_requested.wait()
-    print("edis sampler: shutting down", file=sys.stderr, flush=True)
-    await service.shutdown()
-    await server.stop(options.grace_seconds)
-    generation.cancel()
-
-
-def run(options: ServeOptions) -> int:
-    return asyncio.run(serve(options))
