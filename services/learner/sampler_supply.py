@@ -53,6 +53,7 @@ from services.learner.stream import SamplerStreamReader
 from services.sampler.client import SamplerClient, SamplerError
 from services.sampler.security import ClientSecurity
 from services.sampler.weights import ENERGY_PREFIX, PRIOR, model_names
+from services.sampler.wire import VERSION_FIELDS
 
 PROBE_SECONDS = 0.5  # the longest a reconnect probe holds the learner's loop
 MAX_BACKOFF_SECONDS = 30.0
@@ -318,9 +319,7 @@ class SamplerSupply(SyntheticSupply):
     def _held_versions(self) -> dict[str, int]:
         status = self.client.status(timeout=PROBE_SECONDS if not self.link.up
                                     else None)["versions"]
-        return {PRIOR: status["prior"], "energy/state": status["state_energy"],
-                "energy/policy": status["policy_energy"],
-                "energy/transition": status["transition_energy"]}
+        return {model: status[field] for model, field in VERSION_FIELDS.items()}
 
     def _publish(self, trained: list[str]) -> None:
         versions = {}

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_ENV = "EDIS_DIE_WITH_PARENT"  # the launcher's PID, for die_with_launcher
 
 
 def die_with_parent() -> None:
@@ -21,6 +22,19 @@ def die_with_parent() -> None:
     SIGKILL or os._exit, so that a sampler is never left behind (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def die_with_launcher() -> None:
+    """In a process started with PARENT_ENV set to its launcher's PID: die_with_parent, from
+    the child itself after exec. A launcher holding gRPC channels must not use
+    `preexec_fn`: it forces a plain fork whose gRPC fork handlers can hang the child before
+    it execs. A launcher already gone by now is answered at once."""
+    launcher = os.environ.pop(PARENT_ENV, None)
+    if launcher is None:
+        return
+    die_with_parent()
+    if os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class SamplerProcess:
@@ -33,10 +47,10 @@ class SamplerProcess:
                  log: Path | None = None, start_timeout: float = 60.0):
         command = [sys.executable, "-m", "services.cli", "sampler", "serve", "--host", host,
                    "--port", "0", "--threads", str(threads), *args]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", PARENT_ENV: str(os.getpid())}
         self._log = log.open("a") if log is not None else None
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, env=env, preexec_fn=die_with_parent)
+                                     text=True, env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
         line = self.proc.stdout.readline() if ready else ""
         match = re.search(r"listening on (\S+:\d+)", line)

@@ -21,6 +21,7 @@ from services.metrics.endpoint import serving
 from services.metrics.sampler import SamplerMetrics
 from services.sampler import weights as w
 from services.sampler.options import ServeOptions
+from services.sampler.process import die_with_launcher
 from services.sampler.server import NOT_SERVING, SamplerService
 from services.sampler.wire import CHANNEL_OPTIONS, SERVICE_NAME
 
@@ -99,4 +100,5 @@ async def _serve_until_stopped(server: grpc.aio.Server, service: SamplerService,
 
 
 def run(options: ServeOptions) -> int:
+    die_with_launcher()
     return asyncio.run(serve(options))

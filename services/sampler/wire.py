@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edis_core.diffusion.layout import TransitionLayout
+from edis_core.generator_config import ENERGIES
 from edis_core.transitions import Transitions
 from protos.edis.sampler.v1 import sampler_pb2 as pb
+from services.sampler.weights import ENERGY_PREFIX, PRIOR
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default; set on both ends explicitly
 PART_BYTES = 3 * 1024 * 1024  # transition bytes per TransitionBatch, leaving room for metadata
@@ -24,13 +26,9 @@ CHANNEL_OPTIONS = [
 ]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sampler"].full_name
 
-# The proto's WeightVersions field of each model.
-VERSION_FIELDS = {
-    "prior": "prior",
-    "energy/state": "state_energy",
-    "energy/policy": "policy_energy",
-    "energy/transition": "transition_energy",
-}
+# The proto's WeightVersions field of each model (weights.py names them): "prior", then
+# "<energy>_energy".
+VERSION_FIELDS = {PRIOR: "prior", **{ENERGY_PREFIX + e: f"{e}_energy" for e in ENERGIES}}
 # Wire names of the parts of a row, in TransitionLayout's order [s, a, r, s', done].
 SEGMENTS = {
     "observations": "state",
