@@ -93,7 +93,7 @@ class RolloutPool:
         """Launch up to `admit_calls` new sample calls (at most `calls_in_flight` per healthy
         actor), then wait up to `timeout` s; returns the blocks of the calls that finished
         (possibly none, at once if none is in flight)."""
-        if self._weights_ref is None:
+        if admit_calls > 0 and self._weights_ref is None:
             raise RuntimeError("no policy published: call set_policy before collect")
         if admit_calls < 0 or timeout < 0:
             raise ValueError(f"admit_calls and timeout must be >= 0, got {admit_calls} "
