@@ -608,4 +608,3 @@ def _offline_part(config: TrainConfig) -> dict[str, Any]:
     """The agent's settings that act in the offline phase (all but its `online_only`)."""
     agent = config.agent_config
     return {k: v for k, v in dataclasses.asdict(agent).items() if k not in agent.online_only}
-
