@@ -108,4 +108,3 @@ class RolloutActorsSource:
 
     def close(self) -> None:
         self.pool.close()
-
