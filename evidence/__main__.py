@@ -21,15 +21,15 @@ from edis_core.config import build
 from edis_core.data.minari_io import DatasetError, dataset_info
 from edis_core.data.recipes import make_recipe_dataset
 from edis_core.training.config import TrainConfig
+from evidence.archive import Archive
 from evidence.plan import ARMS, RECIPES, Grid, RunSpec, plan
 from evidence.report import (
     choose_ratio,
     choose_recipe,
-    load_runs,
     recipe_overrides,
     write_report,
 )
-from evidence.runner import Runner
+from evidence.runner import Runner, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_BUDGETS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -58,8 +58,8 @@ def ensure_datasets(datasets: list[str]) -> None:
         make_recipe_dataset(env_id, recipe)
 
 
-def chooser(specs: list[RunSpec],
-            root: Path) -> Callable[[RunSpec], tuple[str, ...] | None]:
+def chooser(specs: list[RunSpec], root: Path,
+            archive: Archive) -> Callable[[RunSpec], tuple[str, ...] | None]:
     """The searches' choices for a tuned spec once they are made: the recipe for every tuned
     run, and the regime's ρ too for the table's synthetic arms (read from the search runs
     until then; None while a choice it needs is not made)."""
@@ -70,7 +70,7 @@ def chooser(specs: list[RunSpec],
     def choose(spec: RunSpec) -> tuple[str, ...] | None:
         needs_ratio = has_regime and spec.group == "table" and spec.mode != "none"
         if "recipe" not in made or (needs_ratio and "ratio" not in made):
-            runs = load_runs(root, search)
+            runs = load_runs(root, search, archive)
             recipe = made.get("recipe") or (
                 recipe_overrides(name) if (name := choose_recipe(search, runs)) else None)
             if recipe is not None:
@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run")
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
+    parser.add_argument("--records", type=Path, default=ROOT / "evidence" / "records",
+                        help="the archive of finished runs the report is made from (one "
+                             "folder per profile; committed, so that sittings add up)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
@@ -127,15 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     budgets = {agent: build(TrainConfig, args.profile, {"agent": agent},  # validates first
                             [*args.set, *grid.agent_overrides.get(agent, ())])
                for agent in grid.agents}
-    choose = chooser(specs, args.runs_root)
+    archive = Archive(args.records / args.profile, args.set)
+    choose = chooser(specs, args.runs_root, archive)
     if not args.report_only:
         ensure_datasets(sorted(set(args.datasets)))
         runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
-                        choose=choose)
+                        choose=choose, archive=archive)
         outcome = runner.run(specs)
         print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
                                     for s in sorted(set(outcome.values()))), flush=True)
-    runs = load_runs(args.runs_root, specs)
+    runs = load_runs(args.runs_root, specs, archive)
     command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])
     report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets)

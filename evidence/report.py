@@ -30,7 +30,6 @@ from scipy import stats
 
 from edis_core.training.config import TrainConfig
 from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, short
-from evidence.runner import read_run
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -41,11 +40,6 @@ GATE_DROP = 10.0
 PAPER_GAIN = 0.20
 """The paper's claim: about +20% average normalised return from adding EDIS."""
 QUALITY_FILE = "synthetic_quality.json"
-
-
-def load_runs(root: Path, specs: Sequence[RunSpec]) -> Runs:
-    """The finished runs of `specs`, by name."""
-    return {s.name: run for s in specs if (run := read_run(root / s.name)) is not None}
 
 
 # ----- per run --------------------------------------------------------------------------------

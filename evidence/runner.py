@@ -1,11 +1,13 @@
 """Runs the plan: each run an `edis train` child process, `jobs` at a time, resumable.
 
-A run whose summary says "completed" is reused as it is; one with a checkpoint is resumed
-(`edis train --resume`); anything else starts afresh. A run starts when the offline run it
-depends on is complete and, for a tuned run, when the recipe search has chosen. A failed run is
-reported and its dependants skipped; the others go on. On SIGINT/SIGTERM the children get
-SIGTERM (they checkpoint) and are waited for, so a later call continues where this one
-stopped.
+A run whose summary says "completed" is reused as it is, and so is one the archive holds
+(evidence/archive.py; a completed run is copied there); one with a checkpoint is resumed
+(`edis train --resume`); anything else starts afresh. An archived offline run whose
+checkpoint is not here is made again when a run that starts from it is still to run. A run
+starts when the offline run it depends on is complete and, for a tuned run, when the recipe
+search has chosen. A failed run is reported and its dependants skipped; the others go on.
+On SIGINT/SIGTERM the children get SIGTERM (they checkpoint) and are waited for, so a later
+call continues where this one stopped.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evidence.archive import Archive
 from evidence.plan import RunSpec
 from services.sampler.process import die_with_parent
 
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint"
+FINISHED = ("completed", "archived")
 
 
 def status(run_dir: Path) -> str:
@@ -52,11 +56,16 @@ class Runner:
     """The overrides the searches chose for a tuned spec, or None while they are
     incomplete."""
     poll_seconds: float = 2.0
+    archive: Archive | None = None
 
     def run(self, specs: list[RunSpec]) -> dict[str, str]:
-        """Run what is not complete; returns every spec's final status by name."""
-        outcome = {s.name: status(self.root / s.name) for s in specs}
-        waiting = [s for s in specs if outcome[s.name] != "completed"]
+        """Run what is not complete; returns every spec's final status by name
+        ('completed', 'archived', 'failed', 'blocked' or, when stopped, as `status` says)."""
+        outcome = {s.name: self._status(s) for s in specs}
+        pending = {s.name for s in specs if outcome[s.name] not in FINISHED}
+        remake = {s.offline for s in specs if s.name in pending and s.offline is not None
+                  and outcome[s.offline] == "archived"}
+        waiting = [s for s in specs if s.name in pending | remake]
         running: dict[str, tuple[RunSpec, subprocess.Popen]] = {}
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         stop: list[int] = []
@@ -79,7 +88,9 @@ class Runner:
                     if process.poll() is not None:
                         del running[name]
                         outcome[name] = status(self.root / name)
-                        if outcome[name] != "completed":
+                        if outcome[name] == "completed":
+                            self._keep(spec)
+                        else:
                             outcome[name] = "failed"
                             print(f"bench: {name} failed (exit {process.returncode}); see "
                                   f"{self._log_path(spec)}", file=sys.stderr)
@@ -95,6 +106,28 @@ class Runner:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return outcome
+
+    def _status(self, spec: RunSpec) -> str:
+        """`status` of its run directory, or 'archived' where only the archive holds it; a
+        completed run the archive lacks is copied there."""
+        state = status(self.root / spec.name)
+        if self.archive is None:
+            return state
+        if state == "completed":
+            if self.archive.get(spec.name) is None:
+                self._keep(spec)
+            return state
+        return "archived" if self.archive.get(spec.name) is not None else state
+
+    def _keep(self, spec: RunSpec) -> None:
+        if self.archive is None:
+            return
+        run = read_run(self.root / spec.name)
+        assert run is not None, f"{spec.name} is kept before it completed"
+        if spec.group == "offline" and (warning := self.archive.check_reproduced(spec.name,
+                                                                                 run)):
+            print(f"bench: warning: {warning}", file=sys.stderr, flush=True)
+        self.archive.put(spec.name, run)
 
     def _startable(self, waiting: list[RunSpec], outcome: dict[str, str],
                    busy: int) -> list[RunSpec]:
@@ -161,6 +194,19 @@ class Runner:
 
     def _log_path(self, spec: RunSpec) -> Path:
         return self.root / "logs" / (spec.name.replace("/", "__") + ".log")
+
+
+def load_runs(root: Path, specs: Sequence[RunSpec],
+              archive: Archive | None = None) -> dict[str, dict[str, Any]]:
+    """The finished runs of `specs` by name: from their run directories, else the archive."""
+    runs = {}
+    for spec in specs:
+        run = read_run(root / spec.name)
+        if run is None and archive is not None:
+            run = archive.get(spec.name)
+        if run is not None:
+            runs[spec.name] = run
+    return runs
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:

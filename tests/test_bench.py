@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,8 +77,8 @@ def bench_command(root, out, dataset, *extra) -> list[str]:
             "--seeds", "0", "--tuning-seeds", "100",
             "--recipes", "uniform-cosine", "fixed-lr3e-5", "--ratios", "0.5", "1.0",
             "--arms", "none", "none-aa", "unguided", "edis", "oracle",
-            "--profile", "smoke", "--runs-root", str(root), "--out", str(out), *overrides,
-            *extra]
+            "--profile", "smoke", "--runs-root", str(root), "--records",
+            str(root.parent / "records"), "--out", str(out), *overrides, *extra]
 
 
 def bench(root, out, dataset, *extra):
@@ -126,6 +127,24 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     again = bench(root, out, hopper_dataset)
     assert again.returncode == 0 and "bench: start" not in again.stdout
     assert "bench: 11 completed" in again.stdout
+
+    # Another machine: the run directories are gone, the committed archive is not.
+    records = tmp_path / "records" / "smoke"
+    assert len(list(records.rglob("*.json"))) == 11
+    shutil.rmtree(root)
+    elsewhere = bench(root, out, hopper_dataset)
+    assert elsewhere.returncode == 0 and "bench: start" not in elsewhere.stdout
+    assert "bench: 11 archived" in elsewhere.stdout
+    assert (out / "results.md").read_text() == report      # the same report from the archive
+    # A run still to make needs its offline checkpoint: that offline run is made again, and
+    # ends where the archived one did (no warning), so the seed's arms stay paired.
+    (records / "hopper-random/iql/seed0/edis.json").unlink()
+    remade = bench(root, out, hopper_dataset)
+    assert remade.returncode == 0, remade.stderr[-3000:]
+    assert re.findall(r"bench: start (\S+)", remade.stdout) == [
+        "hopper-random/iql/seed0/offline", "hopper-random/iql/seed0/edis"]
+    assert "warning" not in remade.stderr, remade.stderr[-3000:]
+    assert "bench: 9 archived, 2 completed" in remade.stdout
 
 
 def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp_path):
