@@ -30,10 +30,12 @@ from tqdm import tqdm
 
 from edis_core.agents import CalQLAgent, CalQLConfig, make_actor
 from edis_core.buffers import ReplayBuffer
+from edis_core.data.minari_io import minari_episode
 from edis_core.data.scores import env_family, reference_returns
+from edis_core.episodes import EnvStepper, Step
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
-from edis_core.transitions import Batch, Transitions
+from edis_core.transitions import Batch
 
 POLICIES_DIR = Path(__file__).parent / "policies"
 SAC_HIDDEN = (256, 256)
@@ -114,39 +116,28 @@ def train_behaviour(recipe: BehaviourRecipe, progress: bool = True) -> Behaviour
 def _run_episode(env: gym.Env, agent: CalQLAgent, scaler: ActionScaler,
                  rng: np.random.Generator, steps: int, recipe: BehaviourRecipe,
                  replay: ReplayBuffer, bar: tqdm) -> EpisodeBuffer:
-    """One episode, one SAC update per step after the warm-up; the episode as Minari has it."""
-    episode_seed = int(rng.integers(2**31 - 1))
-    obs, _ = env.reset(seed=episode_seed)
-    observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-    done = False
-    while not done and steps < recipe.max_steps:
-        if steps < recipe.random_steps:
-            action = rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
-        else:
-            action = agent.act(obs[None].astype(np.float32))[0]
-        env_action = scaler.to_env(action)
-        next_obs, reward, terminated, truncated, _ = env.step(env_action)
-        replay.add(Transitions(
-            observations=obs[None].astype(np.float32), actions=action[None],
-            rewards=np.array([reward], np.float32),
-            next_observations=next_obs[None].astype(np.float32),
-            terminals=np.array([float(terminated)], np.float32),
-            timeouts=np.array([float(truncated)], np.float32),
-            mc_returns=np.array([-np.inf], np.float32)))
-        observations.append(next_obs)
-        actions.append(env_action)
-        rewards.append(float(reward))
-        terminations.append(bool(terminated))
-        truncations.append(bool(truncated))
-        obs, steps, done = next_obs, steps + 1, terminated or truncated
-        if steps >= recipe.random_steps:
+    """One episode, one SAC update per step after the warm-up; the episode as Minari has it
+    (actions in the env's units)."""
+    taken = steps
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        if taken < recipe.random_steps:
+            return rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
+        return agent.act(obs[None].astype(np.float32))[0]
+
+    def learn(step: Step) -> None:
+        nonlocal taken
+        replay.add(step.transitions())
+        taken += 1
+        if taken >= recipe.random_steps:
             agent.update(Batch.from_transitions(replay.sample(recipe.batch_size, rng),
                                                 agent.device))
         bar.update()
-    truncations[-1] = not terminations[-1]  # a budget cut is a truncation
-    return EpisodeBuffer(id=0, seed=episode_seed, observations=np.asarray(observations),
-                         actions=np.asarray(actions), rewards=rewards, terminations=terminations,
-                         truncations=truncations)
+
+    episode_seed = int(rng.integers(2**31 - 1))
+    episode = EnvStepper(env, scaler.to_env).episode(
+        policy, seed=episode_seed, max_steps=recipe.max_steps - steps, on_step=learn)
+    return minari_episode(episode, 0, episode_seed, actions=scaler.to_env(episode.actions))
 
 
 def policy_path(env_id: str, level: str = "medium") -> Path:

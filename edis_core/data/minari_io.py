@@ -12,7 +12,6 @@ import shutil
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from minari.storage.datasets_root_dir import get_dataset_path
 from tqdm import tqdm
 
 from edis_core.data.scores import normalized_score
+from edis_core.episodes import EnvStepper, Episode, Policy
 from edis_core.finite import describe_counts
 from edis_core.transitions import Transitions, discounted_returns_to_go
-
-Policy = Callable[[np.ndarray], np.ndarray]
 
 # What a reader of a bad or unreadable dataset folder can run into.
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AssertionError)
@@ -343,30 +341,31 @@ def _collect(env: gym.Env, policy: Policy | None, steps: int, seed: int, progres
                                f"environment expects {space.shape}.")
         return np.clip(action, space.low, space.high)
 
+    stepper = EnvStepper(env)
     episodes: list[EpisodeBuffer] = []
     done = 0
     with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
         while done < steps:
             episode_seed = int(reset_rng.integers(2**31 - 1))
-            obs, _ = env.reset(seed=episode_seed)
-            observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-            terminated = truncated = False
-            while not (terminated or truncated) and done < steps:
-                action = act(obs)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                observations.append(obs)
-                actions.append(action)
-                rewards.append(float(reward))
-                terminations.append(bool(terminated))
-                truncations.append(bool(truncated))
-                done += 1
-                bar.update()
-            truncations[-1] = not terminations[-1]  # a budget cut is a truncation
-            episodes.append(EpisodeBuffer(
-                id=len(episodes), seed=episode_seed, observations=np.asarray(observations),
-                actions=np.asarray(actions), rewards=rewards, terminations=terminations,
-                truncations=truncations))
+            episode = stepper.episode(act, seed=episode_seed, max_steps=steps - done,
+                                      on_step=lambda _step: bar.update())
+            done += len(episode)
+            episodes.append(minari_episode(episode, len(episodes), episode_seed))
     return episodes
+
+
+def minari_episode(episode: Episode, episode_id: int, seed: int,
+                   actions: np.ndarray | None = None) -> EpisodeBuffer:
+    """`episode` as Minari records it, with `actions` in the env's units when the episode's
+    own are not."""
+    flags = np.zeros(len(episode), bool)
+    terminations, truncations = flags.copy(), flags.copy()
+    # A budget cut is a truncation, and an episode ends with exactly one of the two.
+    terminations[-1], truncations[-1] = episode.terminated, not episode.terminated
+    return EpisodeBuffer(id=episode_id, seed=seed, observations=episode.observations,
+                         actions=episode.actions if actions is None else actions,
+                         rewards=episode.rewards.tolist(), terminations=terminations.tolist(),
+                         truncations=truncations.tolist())
 
 
 def write_episodes(dataset_id: str, env: gym.Env, episodes: list[EpisodeBuffer],

@@ -7,24 +7,20 @@ import numpy as np
 
 from edis_core.agents.base import Agent
 from edis_core.data.scores import normalized_score
+from edis_core.episodes import EnvStepper
 from edis_core.training.envs import ActionScaler
 
 
 def evaluate(agent: Agent, env: gym.Env, scaler: ActionScaler, episodes: int,
              seed: int) -> dict[str, float | None]:
     """Run `episodes` deterministic episodes; seeds differ per episode but not per call."""
-    returns, lengths = [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total, length = False, 0.0, 0
-        while not done:
-            action = agent.act(obs[None].astype(np.float32), deterministic=True)[0]
-            obs, reward, terminated, truncated, _ = env.step(scaler.to_env(action))
-            total += float(reward)
-            length += 1
-            done = terminated or truncated
-        returns.append(total)
-        lengths.append(length)
+    stepper = EnvStepper(env, scaler.to_env)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return agent.act(obs[None].astype(np.float32), deterministic=True)[0]
+
+    runs = [stepper.episode(policy, seed=seed + episode) for episode in range(episodes)]
+    returns, lengths = [run.total_reward for run in runs], [len(run) for run in runs]
     mean_return = float(np.mean(returns))
     env_id = env.spec.id if env.spec is not None else ""
     return {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from edis_core.episodes import EnvStepper
 from edis_core.training.envs import ActionScaler
 from edis_core.transitions import Transitions
 
@@ -80,28 +81,17 @@ class LocalEnvSource:
     resumable (the simulator state is not saved): a resumed run starts a fresh one."""
 
     def __init__(self, env: gym.Env, scaler: ActionScaler, seed: int):
-        self.env, self.scaler, self.seed = env, scaler, seed
-        self.obs: np.ndarray | None = None
+        self.stepper, self.seed = EnvStepper(env, scaler.to_env), seed
+        self.started = False
 
     def start(self, learner: Learner) -> None:
-        if self.obs is None:
-            self.obs, _ = self.env.reset(seed=self.seed + learner.env_steps)
+        if not self.started:
+            self.stepper.reset(seed=self.seed + learner.env_steps)
+            self.started = True
 
     def collect(self, learner: Learner, wait: bool) -> list[Arrival]:
-        assert self.obs is not None
-        action = learner.act(self.obs[None].astype(np.float32))[0]
-        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
-        row = Transitions(
-            observations=self.obs[None].astype(np.float32), actions=action[None],
-            rewards=np.array([reward], np.float32),
-            next_observations=next_obs[None].astype(np.float32),
-            terminals=np.array([float(terminated)], np.float32),
-            timeouts=np.array([float(truncated)], np.float32),
-            mc_returns=np.array([-np.inf], np.float32))
-        self.obs = next_obs
-        if terminated or truncated:
-            self.obs, _ = self.env.reset()
-        return [Arrival(row, ends_episode=bool(terminated or truncated))]
+        step = self.stepper.step(lambda obs: learner.act(obs[None].astype(np.float32))[0])
+        return [Arrival(step.transitions(), ends_episode=step.ends_episode)]
 
     def close(self) -> None:
         """The environment belongs to the learner, which closes nothing here."""

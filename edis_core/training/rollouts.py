@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from edis_core.agents.base import Agent
+from edis_core.episodes import EnvStepper
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.transitions import Transitions
 
@@ -27,29 +28,17 @@ def collect_episodes(agent: Agent, env_id: str, scaler: ActionScaler, transition
 def _episodes(agent: Agent, env_id: str, scaler: ActionScaler, transitions: int,
               seed: int) -> Transitions:
     env = make_env(env_id, seed)
-    episodes, rows = [], 0
+    stepper = EnvStepper(env, scaler.to_env)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return agent.act(obs[None].astype(np.float32), deterministic=False)[0]
+
+    episodes: list[Transitions] = []
     try:
-        obs, _ = env.reset(seed=seed)
-        columns: dict[str, list] = {key: [] for key in "oarndt"}
-        while rows < transitions:
-            action = agent.act(obs[None].astype(np.float32), deterministic=False)[0]
-            next_obs, reward, terminated, truncated, _ = env.step(scaler.to_env(action))
-            for key, value in zip("oarndt", (obs, action, reward, next_obs, terminated,
-                                              truncated), strict=True):
-                columns[key].append(value)
-            obs = next_obs
-            if terminated or truncated:
-                episodes.append(_episode(columns))
-                rows += len(episodes[-1])
-                columns = {key: [] for key in columns}
-                obs, _ = env.reset()
+        while sum(map(len, episodes)) < transitions:
+            # Seeded once: the env's own stream starts the episodes after the first.
+            episodes.append(stepper.episode(policy, seed=None if episodes else seed)
+                            .transitions())
     finally:
         env.close()
     return Transitions.concatenate(episodes)
-
-
-def _episode(columns: dict[str, list]) -> Transitions:
-    f32 = {key: np.asarray(values, np.float32) for key, values in columns.items()}
-    n = len(f32["r"])
-    return Transitions(f32["o"], f32["a"], f32["r"], f32["n"], f32["d"], f32["t"],
-                       np.full(n, -np.inf, np.float32))

@@ -1,10 +1,5 @@
-"""Whole episodes, and the block of flat transitions a sample call returns.
-
-Rows are recorded exactly as the one-process loop records them
-(`edis_core.training.trainer.Trainer._env_step`): observations as float32, actions in agent
-units, `terminals` = terminated and `timeouts` = truncated kept apart, and next_obs the true
-successor (the final observation of the episode, never the next reset).
-"""
+"""The block of flat transitions a rollout actor's sample call returns: whole episodes
+(`edis_core.episodes.Episode`, rows as the one-process loop records them), concatenated."""
 
 from __future__ import annotations
 
@@ -12,35 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edis_core.episodes import Episode
 from edis_core.transitions import Transitions
-
-
-@dataclass
-class Episode:
-    """One finished episode of T steps."""
-
-    observations: np.ndarray
-    """(T + 1, obs_dim): s_0 .. s_T, s_T the observation the last step returned."""
-    actions: np.ndarray
-    """(T, act_dim), agent units."""
-    rewards: np.ndarray
-    terminated: bool
-    truncated: bool
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    def transitions(self) -> Transitions:
-        steps = len(self)
-        observations = np.asarray(self.observations, np.float32)
-        terminals, timeouts = np.zeros(steps, np.float32), np.zeros(steps, np.float32)
-        terminals[-1], timeouts[-1] = float(self.terminated), float(self.truncated)
-        return Transitions(
-            observations=observations[:-1], actions=np.asarray(self.actions, np.float32),
-            rewards=np.asarray(self.rewards, np.float32), next_observations=observations[1:],
-            terminals=terminals, timeouts=timeouts,
-            # Discounted returns-to-go need the learner's γ: it fills them.
-            mc_returns=np.full(steps, -np.inf, np.float32))
 
 
 @dataclass

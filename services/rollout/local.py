@@ -8,8 +8,9 @@ import time
 import numpy as np
 import torch
 
+from edis_core.episodes import EnvStepper, Episode
 from edis_core.training.envs import ActionScaler, make_env
-from services.rollout.episodes import Episode, EpisodeBlock
+from services.rollout.episodes import EpisodeBlock
 from services.rollout.spec import RolloutSpec
 
 
@@ -22,6 +23,7 @@ class LocalRollout:
         torch.manual_seed(seed)  # exploration noise
         self.env = make_env(spec.env_id, seed)
         self.scaler = ActionScaler.for_space(self.env.action_space)
+        self.stepper = EnvStepper(self.env, self.scaler.to_env)
         self.actor = spec.make_actor()
         self.policy_version = 0  # constructor weights: never used to collect
 
@@ -42,17 +44,7 @@ class LocalRollout:
 
     def episode(self) -> Episode:
         """One episode from a fresh reset; the env gets the actions in its own units."""
-        obs, _ = self.env.reset()
-        observations, actions, rewards = [obs], [], []
-        while True:
-            action = self.act(obs)
-            obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            if terminated or truncated:
-                return Episode(np.stack(observations), np.stack(actions),
-                               np.asarray(rewards, np.float32), terminated, truncated)
+        return self.stepper.episode(self.act)
 
     def sample(self, min_steps: int) -> EpisodeBlock:
         """Whole episodes, at least `min_steps` env steps in all."""

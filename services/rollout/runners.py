@@ -32,10 +32,11 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
+from edis_core.episodes import Episode
 from edis_core.training.envs import ActionScaler
 from services.metrics.rollout import ActorMetrics
 from services.rollout.backend import least_loaded
-from services.rollout.episodes import Episode, EpisodeBlock
+from services.rollout.episodes import EpisodeBlock
 from services.rollout.module import PolicyModule, agent_spaces, module_state, policy_model_config
 from services.rollout.spec import RolloutSpec
 
