@@ -48,7 +48,8 @@ from edis_core.generator_config import EDISConfig
 from edis_core.training.checkpoint import checkpoint_path
 from edis_core.training.config import TrainConfig
 from edis_core.training.diagnose import BENCHMARK_SAMPLES, diagnose_run
-from edis_core.training.trainer import CONFIG_FILE, Trainer, read_run_config
+from edis_core.training.run_dir import CONFIG_FILE, read_run_config
+from edis_core.training.trainer import Trainer
 from services.cli import DEMO_DATASET, ensure_demo_dataset
 
 METRICS = (  # (column, path into the report, better when)

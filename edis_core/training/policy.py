@@ -7,24 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from edis_core.agents import make_agent
 from edis_core.agents.base import Agent
-from edis_core.config import from_dict
 from edis_core.training import checkpoint
 from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler
-from edis_core.training.trainer import CONFIG_FILE, resolve_device
+from edis_core.training.run_dir import read_run_config
+from edis_core.training.trainer import resolve_device
 
 
 def load_trained_agent(run_dir: Path, device: str = "cpu") -> tuple[Agent, TrainConfig,
                                                                    dict[str, Any]]:
     """The agent of the run's latest checkpoint, its config and the checkpoint's progress."""
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise checkpoint.CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    config = from_dict(TrainConfig, yaml.safe_load(config_path.read_text()))
+    config = read_run_config(run_dir)
     state, progress, _ = checkpoint.load(run_dir)
     agent = make_agent(config.agent, config.agent_config, progress["obs_dim"],
                        progress["act_dim"], resolve_device(device))

@@ -1,4 +1,5 @@
-"""A run directory: which folders a run may use, and one owner at a time.
+"""A run directory: which folders a run may use, one owner at a time, and the configuration
+it was created with (config.yaml).
 
 One process owns a run directory for the run's life: `RunDirLock` holds an OS lock
 (fcntl.flock) on RUN_DIR/run.lock, so a second process writing into the same folder fails at
@@ -18,9 +19,28 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+import yaml
+
+from edis_core.config import from_dict
 from edis_core.training import checkpoint
+from edis_core.training.config import TrainConfig
 
 LOCK_FILE = "run.lock"
+CONFIG_FILE = "config.yaml"
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run directory was created with."""
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise checkpoint.CheckpointError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
+            "start a run with `edis train --run-dir DIR` first")
+    try:
+        saved = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
+    return from_dict(TrainConfig, saved)
 
 
 class RunDirError(ValueError):

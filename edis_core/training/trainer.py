@@ -12,10 +12,11 @@ A `Runtime` decides where online transitions and synthetic rows come from: `InPr
 services/learner's distributed runtime (rollout actors, the sampler service). The loop,
 buffers, agent updates, energy training, evaluation and checkpoints are the same code.
 
-Run safety lives in small pieces the loop only calls: the run directory's lock
-(run_dir.RunDirLock), the finite checks on data, weights and losses (edis_core.finite), the
-data and environment a checkpoint was made on (provenance) and the stop on signals
-(signals.GracefulStop).
+What a checkpoint holds and how a run is put back to it is run_state.py; a run that starts
+from another's offline phase (`offline_from`) is checked by offline_from.py. Run safety
+lives in small pieces the loop only calls: the run directory's lock (run_dir.RunDirLock),
+the finite checks on data, weights and losses (edis_core.finite), the data and environment
+a checkpoint was made on (provenance) and the stop on signals (signals.GracefulStop).
 """
 
 from __future__ import annotations
@@ -33,18 +34,22 @@ from tqdm import tqdm
 
 from edis_core.agents import make_agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
-from edis_core.config import from_dict
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
 from edis_core.finite import NonFiniteError, check_losses
 from edis_core.generator import SyntheticGenerator
-from edis_core.training import checkpoint, provenance
-from edis_core.training.config import GENERATED_MODES, TrainConfig
+from edis_core.training import offline_from, provenance, run_state
+from edis_core.training.config import TrainConfig
 from edis_core.training.envs import ActionScaler, make_env
 from edis_core.training.evaluation import evaluate
 from edis_core.training.mixing import BatchMixer
 from edis_core.training.normalization import normalize_agent
 from edis_core.training.online import Arrival, LocalEnvSource, OnlineSource
-from edis_core.training.run_dir import RunDirLock, check_fresh_start
+from edis_core.training.run_dir import (
+    CONFIG_FILE,
+    RunDirLock,
+    check_fresh_start,
+    read_run_config,
+)
 from edis_core.training.run_log import (
     METRICS_FILE,
     PLOT_FILE,
@@ -60,7 +65,6 @@ from edis_core.training.synthetic import InProcessSupply, OracleSupply, Syntheti
 from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
 
-CONFIG_FILE = "config.yaml"
 PHASES = ("prior", "offline", "online", "done")
 # Agent updates per pass of the online loop at most, so that a large block of transitions
 # (rollout actors) does not keep the loop from its other duties for long.
@@ -104,20 +108,6 @@ def resolve_device(name: str) -> torch.device:
 def scale_dataset_actions(data: Transitions, scaler: ActionScaler) -> Transitions:
     """Buffers, agents and the diffusion prior all work in the agents' [-1, 1] action units."""
     return dataclasses.replace(data, actions=scaler.to_agent(data.actions))
-
-
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The configuration a run directory was created with."""
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise checkpoint.CheckpointError(
-            f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
-            "start a run with `edis train --run-dir DIR` first")
-    try:
-        saved = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as err:
-        raise checkpoint.CheckpointError(f"{config_path} is not valid YAML: {err}") from err
-    return from_dict(TrainConfig, saved)
 
 
 class Trainer:
@@ -209,7 +199,7 @@ class Trainer:
         check_fresh_start(run_dir)
         trainer = cls(config, run_dir, runtime)
         if config.offline_from is not None:
-            trainer._offline_source_state(Path(config.offline_from))  # fail before any work
+            offline_from.source_state(Path(config.offline_from), config)  # fail before any work
         trainer.lock = RunDirLock.for_fresh_run(
             run_dir, replaced=(CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE))
         try:
@@ -327,7 +317,7 @@ class Trainer:
 
     def _take_offline_agent(self, source: Path) -> None:
         """The agent of `source`'s finished offline phase, and its last offline evaluation."""
-        state = self._offline_source_state(source)
+        state = offline_from.source_state(source, self.config)
         self.agent.load_state_dict(state["agent"])
         self.steps["offline"] = self.config.offline_steps
         records = MetricsLog(source).records()
@@ -340,33 +330,10 @@ class Trainer:
         """`source`'s diffusion prior, when it trained one with this run's prior settings, so
         that every mode of a comparison samples from the same prior; otherwise this run trains
         its own."""
-        theirs = read_run_config(source)
-        ours = self.config.edis
-        if theirs.synthetic not in GENERATED_MODES or (
-                theirs.edis.diffusion, theirs.edis.next_state_delta) != (ours.diffusion,
-                                                                         ours.next_state_delta):
-            return
-        state = self._offline_source_state(source)
-        self.generator.prior.load_state_dict(state["generator"]["prior"])
-        self.steps["prior"] = ours.diffusion.train_steps
-
-    def _offline_source_state(self, source: Path) -> dict[str, Any]:
-        """`source`'s checkpoint state, once its settings and progress are known to fit."""
-        theirs, ours = read_run_config(source), self.config
-        fields = ("agent", "dataset", "normalization", "offline_steps", "batch_size")
-        differ = [f for f in fields if getattr(theirs, f) != getattr(ours, f)]
-        differ += ["agent config"] if _offline_part(theirs) != _offline_part(ours) else []
-        if differ:
-            raise checkpoint.CheckpointError(f"offline_from={source}: its {', '.join(differ)} "
-                                             "differ from this run's; use a run made with the "
-                                             "same settings")
-        state, progress, _ = checkpoint.load(source)
-        if progress["steps"]["offline"] < ours.offline_steps:
-            raise checkpoint.CheckpointError(
-                f"offline_from={source}: its offline phase stopped at step "
-                f"{progress['steps']['offline']} of {ours.offline_steps}; finish it first "
-                f"(`edis train --resume {source}`)")
-        return state
+        if offline_from.shares_prior(source, self.config):
+            state = offline_from.source_state(source, self.config)
+            self.generator.prior.load_state_dict(state["generator"]["prior"])
+            self.steps["prior"] = self.config.edis.diffusion.train_steps
 
     def _run_online(self) -> None:
         """Collect, keep the synthetic table supplied, then do the agent updates the new
@@ -513,55 +480,12 @@ class Trainer:
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         self._require_owner()
-        state: dict[str, Any] = {"agent": self.agent.state_dict(),
-                                 "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        buffers: dict[str, Any] = {"replay": self.replay, "positive": self.positive}
-        if self.generator is not None:
-            state["generator"] = self.supply.generator_state()
-        if self.supply is not None:
-            buffers["synthetic"] = self.synthetic.buffer
-        progress = {
-            "phase": self.phase, "steps": self.steps, "online_updates": self.updates,
-            "numpy_rng": self.rng.bit_generator.state,
-            "synthetic": self.supply.state() if self.supply else None,
-            "env_id": self.env.spec.id if self.env.spec else None,
-            "obs_dim": self.offline.obs_dim, "act_dim": self.offline.act_dim,
-            "dataset": self.data_fingerprint, "env": provenance.environment_spec(self.env),
-        }
-        path = checkpoint.save(self.run_dir, state, progress, buffers)
+        path = run_state.save(self)
         self.checkpointed = dict(self.steps)
         return path
 
     def _restore(self, accept_changed_data: bool) -> None:
-        state, progress, directory = checkpoint.load(self.run_dir)
-        provenance.check(self.run_dir, progress, self.data_fingerprint,
-                         provenance.environment_spec(self.env), accept_changed_data)
-        try:
-            self.agent.load_state_dict(state["agent"])
-            torch.set_rng_state(state["torch_rng"])
-            if self.device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            if self.generator is not None:
-                self.generator.load_state_dict(state["generator"])
-            self.rng.bit_generator.state = progress["numpy_rng"]
-            self.phase, self.steps = progress["phase"], progress["steps"]
-            self.updates = progress["online_updates"]
-        except (KeyError, ValueError, RuntimeError, TypeError) as err:
-            raise checkpoint.CheckpointError(
-                f"checkpoint in {directory} does not match this run's configuration "
-                f"({type(err).__name__}: {err})") from err
-        self.replay = checkpoint.load_buffer(directory, "replay", ReplayBuffer.load)
-        self.positive = checkpoint.load_buffer(directory, "positive", PositiveBuffer.load)
-        if self.supply is not None:
-            synthetic = checkpoint.load_buffer(directory, "synthetic", ReplayBuffer.load)
-            try:
-                self.supply.load_state(progress["synthetic"], synthetic)
-            except (KeyError, ValueError, TypeError) as err:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint in {directory}: its synthetic-data record does not fit "
-                    f"({type(err).__name__}: {err})") from err
+        run_state.restore(self, accept_changed_data)
         self.checkpointed = dict(self.steps)
         self.mixer = self._build_mixer()
 
@@ -602,9 +526,3 @@ class Trainer:
                             f"{self.config.agent} + synthetic={self.config.synthetic} "
                             f"on {self.config.dataset} (seed {self.config.seed})")
         return json.loads(json.dumps(summary))
-
-
-def _offline_part(config: TrainConfig) -> dict[str, Any]:
-    """The agent's settings that act in the offline phase (all but its `online_only`)."""
-    agent = config.agent_config
-    return {k: v for k, v in dataclasses.asdict(agent).items() if k not in agent.online_only}

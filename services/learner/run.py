@@ -16,8 +16,9 @@ from edis_core.agents import actor_hidden
 from edis_core.generator import SyntheticGenerator
 from edis_core.training.config import GENERATED_MODES, RuntimeConfig, TrainConfig
 from edis_core.training.online import OnlineSource
+from edis_core.training.run_dir import read_run_config
 from edis_core.training.synthetic import SyntheticSupply
-from edis_core.training.trainer import Trainer, read_run_config, resolve_device
+from edis_core.training.trainer import Trainer, resolve_device
 from services.learner import processes
 from services.learner.actors_source import RolloutActorsSource
 from services.learner.sampler_supply import SamplerSupply
