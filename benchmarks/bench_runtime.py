@@ -13,7 +13,7 @@ with them. Also the same episodes recorded in one process without Ray
 
 Section "runs": the same offline-to-online run (IQL + EDIS on the embedded Hopper dataset,
 seed 0, profile `demo`) under `edis train` and under `edis run`, one after the other, each
-in its own process (finished runs under --runs-root are reused: runtime_seeds.py makes the
+in its own process (finished runs under --runs-root are reused: research/runtime_seeds.py makes the
 same two for seed 0, and records each run's wall clock): wall clock in all and per phase,
 edis run ÷ edis train; and the learner's agent updates per second in the online phase of
 `edis run` (updates ÷ the phase's wall clock, waits for data included) against the bare
@@ -193,7 +193,7 @@ WALL_CLOCK_GOAL = 1.0  # docs/speed.md: edis run ÷ edis train, demo budget
 LEARNER_FLOOR = 0.8  # docs/speed.md: updates/s inside the distributed run ÷ bare
 def bench_runs(args: argparse.Namespace) -> dict:
     from bench_agents import updates_per_second
-    from runtime_seeds import online_updates_per_s, run_to_completion, wall_clock
+    from demo_runs import online_updates_per_s, run_to_completion, wall_clock
 
     from services.cli import ensure_demo_dataset
 
@@ -252,7 +252,7 @@ def main() -> None:
                         help="env steps per rollout sample call (then the episode finishes)")
     parser.add_argument("--runs-root", type=Path, default=Path("runs/runtime-seeds"),
                         help="section runs: where the seed-0 runs are made, or reused when "
-                             "finished (benchmarks/runtime_seeds.py shares them)")
+                             "finished (research/runtime_seeds.py shares them)")
     parser.add_argument("--out", default="results/bench_runtime.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

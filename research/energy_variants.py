@@ -1,6 +1,6 @@
 """Which energy settings help? Retrain the energies of finished runs under variants and diagnose.
 
-For each run directory (e.g. the runs of benchmarks/guidance_seeds.py) and each variant (a set
+For each run directory (e.g. the runs of research/guidance_seeds.py) and each variant (a set
 of `edis.` overrides of the run's own settings), a generator with the run's prior and fresh
 energies is trained on the run's own buffers and policy, as one refresh would, then
 diagnosed like `edis diagnose` (held-out state MMD², relative policy score, dynamics against
@@ -9,7 +9,7 @@ differ, so variants compare like for like: about a minute of energy training eac
 diagnosis of 5-7 minutes at the default 100,000 samples a side (the s' ratio's 95% interval
 is printed beside it).
 
-    python benchmarks/energy_variants.py runs/guidance/iql/seed0 ... \\
+    python -m research.energy_variants runs/guidance/iql/seed0 ... \\
         --variant run= --variant own=energy_input=own --variant edm=energy_input_map=edm
 
 Writes results/energy_variants.json (or --out).
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from guidance_seeds import cell, metric
 
 from edis_core.config import from_dict, merge, nest, parse_override
 from edis_core.diagnostics import ratio_text
@@ -33,6 +32,7 @@ from edis_core.generator_config import EDISConfig
 from edis_core.training.diagnose import BENCHMARK_SAMPLES, diagnose_generator
 from edis_core.training.synthetic import prior_rows
 from edis_core.training.trainer import Trainer
+from research.guidance_seeds import cell, metric
 
 COLUMNS = (
     ("MMD² held out", ("{side}", "state_mmd_to_held_out")),

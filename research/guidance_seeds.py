@@ -12,7 +12,7 @@ dimension
 (p = N(0, 1), q = N(1, 1), the default sampler on p's exact denoiser), guided by the exact
 noised energy and by one that the default InfoNCE learned from 10,000 samples a side.
 
-    python benchmarks/guidance_seeds.py [--agents iql calql] [--seeds 0 1 2] [--set k=v ...]
+    python -m research.guidance_seeds [--agents iql calql] [--seeds 0 1 2] [--set k=v ...]
 
 About 12 minutes of training per IQL seed and 45 per Cal-QL seed on 2 CPU cores, one thread
 each, and 5-7 minutes per diagnosis (100,000 guided and unguided samples, every one checked

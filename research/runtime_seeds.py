@@ -4,7 +4,7 @@ under `edis run`, each in its own process (finished runs in the same folder are 
 `edis diagnose` of each (kept in the run's folder): final returns and the diagnosis verdicts
 side by side.
 
-    python benchmarks/runtime_seeds.py [--seeds 0 1 2] [--set key=value ...]
+    python -m research.runtime_seeds [--seeds 0 1 2] [--set key=value ...]
 
 About 10-15 minutes per seed on 2 CPU cores. Writes results/runtime_seeds.json (or --out).
 """
@@ -14,57 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from guidance_seeds import diagnosis
-
+from benchmarks.demo_runs import online_updates_per_s, run_to_completion, wall_clock
 from edis_core.diagnostics import ratio_text
 from edis_core.training.diagnose import BENCHMARK_SAMPLES
-from services.cli import DEMO_DATASET, ensure_demo_dataset
+from research.guidance_seeds import diagnosis
+from services.cli import ensure_demo_dataset
 
 COMMANDS = ("train", "run")
-
-
-WALL_CLOCK_FILE = "wall_clock.json"  # the process's wall clock, when it ran start to finish
-
-
-def run_to_completion(command: str, run_dir: Path, seed: int, overrides: list[str]) -> dict:
-    """`edis train|run` in its own process, resumed if a checkpoint is there; its summary.
-    A run made in one go records its wall clock (Ray's and the sampler's start-up included)."""
-    summary = run_dir / "summary.json"
-    if not (summary.exists() and json.loads(summary.read_text())["status"] == "completed"):
-        args = [sys.executable, "-m", "services.cli", command]
-        fresh = not (run_dir / "checkpoint").exists()
-        if fresh:
-            args += ["--profile", "demo", "--dataset", DEMO_DATASET, "--synthetic", "edis",
-                     "--seed", str(seed), "--run-dir", str(run_dir)]
-            for override in overrides:
-                args += ["--set", override]
-        else:
-            args += ["--resume", str(run_dir)]
-        start = time.perf_counter()
-        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-        if fresh:
-            wall = {"wall_s": time.perf_counter() - start}
-            (run_dir / WALL_CLOCK_FILE).write_text(json.dumps(wall))
-    return json.loads(summary.read_text())
-
-
-def wall_clock(run_dir: Path) -> float | None:
-    """The recorded wall clock of a run made in one go, else None."""
-    path = run_dir / WALL_CLOCK_FILE
-    return json.loads(path.read_text())["wall_s"] if path.exists() else None
-
-
-def online_updates_per_s(run_dir: Path, summary: dict) -> float:
-    """Agent updates in the online phase ÷ the phase's wall clock (waits for data included)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    updates = max(r.get("updates", 0) for r in records if r["kind"] == "train")
-    return updates / summary["phase_seconds"]["online"]
 
 
 def row(command: str, seed: int, run_dir: Path, summary: dict, report: dict) -> dict[str, Any]:
