@@ -24,8 +24,8 @@ from edis_core.training.config import TrainConfig
 from evidence.archive import Archive
 from evidence.plan import ARMS, RECIPES, Grid, RunSpec, plan
 from evidence.report import (
-    choose_ratio,
     choose_recipe,
+    choose_regime,
     recipe_overrides,
     write_report,
 )
@@ -61,25 +61,28 @@ def ensure_datasets(datasets: list[str]) -> None:
 def chooser(specs: list[RunSpec], root: Path,
             archive: Archive) -> Callable[[RunSpec], tuple[str, ...] | None]:
     """The searches' choices for a tuned spec once they are made: the recipe for every tuned
-    run, and the regime's ρ too for the table's synthetic arms (read from the search runs
-    until then; None while a choice it needs is not made)."""
+    run; for the table's runs the regime's UTD too, and its ρ for the synthetic arms (read
+    from the search runs until then; None while a choice it needs is not made)."""
     search = [s for s in specs if s.group in ("recipe", "regime")]
     has_regime = any(s.group == "regime" for s in search)
     made: dict[str, tuple[str, ...]] = {}
 
+    def needs(spec: RunSpec) -> tuple[str, ...]:
+        regime = has_regime and spec.group == "table"
+        return ("recipe", *(("utd",) if regime else ()),
+                *(("ratio",) if regime and spec.mode != "none" else ()))
+
     def choose(spec: RunSpec) -> tuple[str, ...] | None:
-        needs_ratio = has_regime and spec.group == "table" and spec.mode != "none"
-        if "recipe" not in made or (needs_ratio and "ratio" not in made):
+        if any(part not in made for part in needs(spec)):
             runs = load_runs(root, search, archive)
-            recipe = made.get("recipe") or (
-                recipe_overrides(name) if (name := choose_recipe(search, runs)) else None)
-            if recipe is not None:
-                made["recipe"] = recipe
-            if has_regime and "ratio" not in made and (ratio := choose_ratio(search, runs)):
-                made["ratio"] = (f"schedule.ratio={ratio:g}",)
-        if "recipe" not in made or (needs_ratio and "ratio" not in made):
+            if "recipe" not in made and (name := choose_recipe(search, runs)):
+                made["recipe"] = recipe_overrides(name)
+            if has_regime and "utd" not in made and (regime := choose_regime(search, runs)):
+                made["ratio"] = (f"schedule.ratio={regime[0]:g}",)
+                made["utd"] = (f"utd_ratio={regime[1]}",)
+        if any(part not in made for part in needs(spec)):
             return None
-        return made["recipe"] + (made["ratio"] if needs_ratio else ())
+        return tuple(o for part in needs(spec) for o in made[part])
 
     return choose
 
@@ -99,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=list(RECIPES))
     parser.add_argument("--ratios", nargs="+", type=float, default=list(defaults.ratios),
                         help="synthetic shares the regime stage tries")
+    parser.add_argument("--utds", nargs="+", type=int, default=list(defaults.utds),
+                        help="update-to-data ratios the regime stage tries")
     parser.add_argument("--stages", nargs="+", default=list(defaults.stages),
                         choices=["recipe", "regime", "table"])
     parser.add_argument("--profile", default="evidence")
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     grid = Grid(agents=args.agents, datasets=args.datasets, seeds=args.seeds,
                 tuning_seeds=args.tuning_seeds, arms=args.arms, recipes=args.recipes,
-                ratios=args.ratios,
+                ratios=args.ratios, utds=args.utds,
                 stages=args.stages, agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
     specs = plan(grid)
     budgets = {agent: build(TrainConfig, args.profile, {"agent": agent},  # validates first

@@ -7,10 +7,12 @@
 2. recipe   the base agent (`none`) under each fine-tuning recipe of RECIPES, on the tuning
             seeds only (never reported): the table's agent runs take the recipe the search
             chooses (evidence/report.py: choose_recipe).
-3. regime   the positive control (`oracle`) at each synthetic share ρ of RATIOS, with the
-            chosen recipe, on the tuning seeds: the table's synthetic arms take the ρ at
-            which the oracle gains most over `none` (choose_ratio), so that the regime is
-            the one in which the protocol can best detect a gain, chosen without EDIS.
+3. regime   the positive control (`oracle`) at each synthetic share ρ of RATIOS and each
+            update-to-data ratio of UTDS, with the chosen recipe, on the tuning seeds,
+            against `none` at the same UTD: the table takes the (ρ, UTD) at which the
+            oracle gains most over `none` (choose_regime), so that the regime is the one in
+            which the protocol can best detect a gain, chosen without EDIS. Every arm of the
+            table takes the UTD, the synthetic arms the ρ.
 4. table    every arm of ARMS for every agent, dataset and reported seed, seed by seed, so
             that a partial table is paired and balanced.
 
@@ -49,6 +51,9 @@ RECIPE_AGENT = "iql"
 RATIOS = (0.25, 0.5, 1.0)
 """Shares of the offline-sourced rows that synthetic rows replace, tried by the regime stage
 (1: Theorem 3.1's setting, every offline-sourced row)."""
+UTDS = (1, 4)
+"""Agent updates per env step the regime stage tries: where real data are scarce for the
+updates made on them, what a synthetic source adds can show."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class Grid:
     """Arms that run on some datasets only (the others run on every dataset)."""
     recipes: Sequence[str] = tuple(RECIPES)
     ratios: Sequence[float] = RATIOS
+    utds: Sequence[int] = UTDS
     stages: Sequence[str] = ("recipe", "regime", "table")
     agent_overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Overrides for every run of one agent (its budget, its precision), e.g. {"calql":
@@ -101,6 +107,12 @@ def offline_spec(agent: str, dataset: str, seed: int, overrides: Sequence[str] =
     return RunSpec(f"{short(dataset)}/{agent}/seed{seed}/offline", "offline", agent, dataset,
                    seed, "unguided" if with_prior else "none", "offline",
                    (*overrides, "online_steps=0"))
+
+
+def regime_arm(mode: str, utd: int, ratio: float | None = None) -> str:
+    """'regime-none-utd4', 'regime-oracle-rho0.5-utd1'."""
+    share = "" if ratio is None else f"-rho{ratio:g}"
+    return f"regime-{mode}{share}-utd{utd}"
 
 
 def aa_overrides(seed: int) -> tuple[str, ...]:
@@ -132,10 +144,15 @@ def plan(grid: Grid) -> list[RunSpec]:
             online("recipe", RECIPE_AGENT, dataset, seed, f"recipe-{recipe}", "none",
                    RECIPES[recipe], False, with_prior=False)
     if "regime" in grid.stages and searching:
-        for seed, dataset, ratio in itertools.product(grid.tuning_seeds, grid.datasets,
-                                                      grid.ratios):
-            online("regime", RECIPE_AGENT, dataset, seed, f"regime-oracle-rho{ratio:g}",
-                   "oracle", (f"schedule.ratio={ratio}",), True, with_prior=False)
+        for seed, dataset, utd in itertools.product(grid.tuning_seeds, grid.datasets,
+                                                    grid.utds):
+            if utd != 1:   # at UTD 1 the recipe search's run of the chosen recipe is `none`
+                online("regime", RECIPE_AGENT, dataset, seed, regime_arm("none", utd),
+                       "none", (f"utd_ratio={utd}",), True, with_prior=False)
+            for ratio in grid.ratios:
+                online("regime", RECIPE_AGENT, dataset, seed, regime_arm("oracle", utd, ratio),
+                       "oracle", (f"utd_ratio={utd}", f"schedule.ratio={ratio}"), True,
+                       with_prior=False)
     if "table" in grid.stages:
         for seed, dataset, agent in itertools.product(grid.seeds, grid.datasets, grid.agents):
             arms = arm_runs(grid, dataset)

@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 
 from edis_core.training.config import TrainConfig
-from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, short
+from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, regime_arm, short
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -215,60 +215,75 @@ def recipe_overrides(name: str) -> tuple[str, ...]:
 
 
 # ----- 1b. the regime: how much synthetic data ------------------------------------------------
-def regime_gains(specs: Sequence[RunSpec], runs: Runs) -> dict[tuple[float, str], PairedGain]:
-    """Per (ρ, dataset): the oracle's AUC minus the chosen recipe's `none`, seed by seed."""
+def regime_gains(specs: Sequence[RunSpec],
+                 runs: Runs) -> dict[tuple[float, int, str], PairedGain]:
+    """Per (ρ, UTD, dataset): the oracle's AUC minus that of `none` at the same UTD (at UTD
+    1, the chosen recipe's run), seed by seed."""
     recipe = choose_recipe(specs, runs)
     if recipe is None:
         return {}
     gains = {}
-    for spec_ratio, dataset in sorted({(float(s.arm.rsplit("rho", 1)[1]), s.dataset)
-                                       for s in specs if s.group == "regime"}):
-        arm = f"regime-oracle-rho{spec_ratio:g}"
-        oracle = by_seed(specs, runs, "regime", RECIPE_AGENT, dataset, arm, auc)
-        none = by_seed(specs, runs, "recipe", RECIPE_AGENT, dataset,
-                       f"recipe-{recipe}", auc)
+    for spec in specs:
+        if spec.group != "regime" or spec.mode != "oracle":
+            continue
+        ratio, utd = _regime_of(spec)
+        key = (ratio, utd, spec.dataset)
+        if key in gains:
+            continue
+        oracle = by_seed(specs, runs, "regime", RECIPE_AGENT, spec.dataset, spec.arm, auc)
+        group, base = (("recipe", f"recipe-{recipe}") if utd == 1
+                       else ("regime", regime_arm("none", utd)))
+        none = by_seed(specs, runs, group, RECIPE_AGENT, spec.dataset, base, auc)
         seeds = sorted(set(oracle) & set(none))
         if seeds:
-            gains[spec_ratio, dataset] = PairedGain(tuple(oracle[k] - none[k] for k in seeds))
-    return gains
+            gains[key] = PairedGain(tuple(oracle[k] - none[k] for k in seeds))
+    return dict(sorted(gains.items()))
 
 
-def choose_ratio(specs: Sequence[RunSpec], runs: Runs) -> float | None:
-    """Once every regime run is finished: the ρ whose oracle gains most over `none` on
-    average over the datasets."""
+def _regime_of(spec: RunSpec) -> tuple[float, int]:
+    """ρ and UTD of a regime run, from its overrides."""
+    values = dict(o.split("=", 1) for o in spec.overrides)
+    return float(values["schedule.ratio"]), int(values["utd_ratio"])
+
+
+def choose_regime(specs: Sequence[RunSpec], runs: Runs) -> tuple[float, int] | None:
+    """Once every regime run is finished: the (ρ, UTD) whose oracle gains most over `none`
+    on average over the datasets."""
     regime = [s for s in specs if s.group == "regime"]
     if not regime or any(s.name not in runs for s in regime):
         return None
     gains = regime_gains(specs, runs)
     if not gains:
         return None
-    by_ratio: dict[float, list[float]] = defaultdict(list)
-    for (ratio, _), gain in gains.items():
-        by_ratio[ratio].append(gain.mean)
-    return max(by_ratio, key=lambda r: float(np.mean(by_ratio[r])))
+    by_regime: dict[tuple[float, int], list[float]] = defaultdict(list)
+    for (ratio, utd, _), gain in gains.items():
+        by_regime[ratio, utd].append(gain.mean)
+    return max(by_regime, key=lambda r: float(np.mean(by_regime[r])))
 
 
 def regime_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
     gains = regime_gains(specs, runs)
     if not any(s.group == "regime" for s in specs):
         return []
-    rows = [[f"{ratio:g}", short(dataset), _gain_cell(gain, "none")]
-            for (ratio, dataset), gain in sorted(gains.items())]
-    choice = choose_ratio(specs, runs)
+    rows = [[f"{ratio:g}", str(utd), short(dataset), _gain_cell(gain, "none")]
+            for (ratio, utd, dataset), gain in gains.items()]
+    choice = choose_regime(specs, runs)
     return [
         "## 1b. How much synthetic data: the positive control on tuning seeds",
         "",
         "The oracle arm (real transitions of the current policy in the synthetic slot) with "
         "the chosen recipe, at each share ρ of the offline-sourced rows that synthetic rows "
-        "replace, against that recipe's `none` on the same tuning seeds (AUC, paired by "
-        "seed). The table's synthetic arms take the ρ at which the oracle gains most: the "
-        "regime in which this protocol can best detect a gain, chosen without looking at "
-        "EDIS.",
+        "replace and each update-to-data ratio (UTD), against that recipe's `none` at the "
+        "same UTD on the same tuning seeds (AUC, paired by seed). The table takes the "
+        "(ρ, UTD) at which the oracle gains most: the regime in which this protocol can "
+        "best detect a gain, chosen without looking at EDIS. Every arm of the table runs at "
+        "that UTD.",
         "",
-        *_table(["ρ", "dataset", "oracle − none (AUC)"], rows),
+        *_table(["ρ", "UTD", "dataset", "oracle − none (AUC)"], rows),
         "",
-        (f"Chosen for the table's synthetic arms: **ρ = {choice:g}**." if choice is not None
-         else "The regime search has not finished: no ρ is chosen yet."),
+        (f"Chosen for the table: **ρ = {choice[0]:g}, UTD = {choice[1]}**."
+         if choice is not None else "The regime search has not finished: no regime is "
+                                    "chosen yet."),
         "",
     ]
 
@@ -580,7 +595,7 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         f"Finished runs: {done} of {len(specs)} planned"
         + (" (partial: rerun the command to complete it)." if done < len(specs) else "."),
         "",
-        *protocol_section(budgets, profile),
+        *protocol_section(budgets, profile, any(s.group == "regime" for s in specs)),
         *recipe_section(specs, runs),
         *regime_section(specs, runs),
         *controls_section(specs, runs),
@@ -595,15 +610,19 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
     return path
 
 
-def protocol_section(budgets: Mapping[str, TrainConfig], profile: str) -> list[str]:
+def protocol_section(budgets: Mapping[str, TrainConfig], profile: str,
+                     regime: bool) -> list[str]:
     budget = "; ".join(
         f"{agent}: {c.offline_steps:,} offline updates, {c.online_steps:,} online env steps "
-        f"(one update each), evaluation every {c.online_eval_every:,} steps over "
-        f"{c.eval_episodes} deterministic episodes, refresh every "
+        f"({c.utd_ratio} agent update{'s' if c.utd_ratio > 1 else ''} each), evaluation "
+        f"every {c.online_eval_every:,} steps over {c.eval_episodes} deterministic "
+        "episodes, refresh every "
         f"{c.schedule.refresh_every:,} steps once {c.schedule.min_positive:,} online rows "
         f"exist, {c.schedule.samples_per_refresh:,} rows per refresh, ρ = "
         f"{c.schedule.ratio:g} of the offline-sourced rows"
         for agent, c in budgets.items())
+    searched = ("; for IQL the regime stage's choice of ρ and UTD replaces these"
+                if regime else "")
     return [
         "## Protocol and departures from the paper",
         "",
@@ -617,7 +636,8 @@ def protocol_section(budgets: Mapping[str, TrainConfig], profile: str) -> list[s
         "shared by every arm of that seed; observations standardised and IQL's rewards "
         "scaled as CORL does, inside the networks, so real and generated rows are treated "
         "alike.",
-        f"- Budget (profile `{profile}`), the same for every arm of an agent: {budget}.",
+        f"- Budget (profile `{profile}`), the same for every arm of an agent: {budget}"
+        f"{searched}.",
         "- Departures from the paper (Liu et al. 2024: D4RL, 1M offline and 200k online steps, "
         "~+20% average normalised return from EDIS): the datasets are this project's "
         "Hopper-v5 recipes (edis/hopper-medium-v0, edis/hopper-medium-replay-v0), not D4RL; "

@@ -45,9 +45,13 @@ def test_the_plan_shares_offline_runs_keeps_tuning_seeds_apart_and_goes_seed_by_
     assert {s.tuned for s in table if s.agent == "iql"} == {True}       # the search's choice
     assert {s.tuned for s in table if s.agent == "calql"} == {False}    # CORL's recipe as is
     regime = [s for s in specs if s.group == "regime"]
-    assert {(s.seed, s.mode, s.agent) for s in regime} == {(100, "oracle", "iql")}
-    assert {s.overrides[-1] for s in regime} == {"schedule.ratio=0.25", "schedule.ratio=0.5",
-                                                 "schedule.ratio=1.0"}
+    assert {(s.seed, s.mode, s.agent) for s in regime} == {(100, "oracle", "iql"),
+                                                           (100, "none", "iql")}
+    # the oracle at every (ρ, UTD); `none` at each UTD but 1 (there it is the recipe run)
+    assert {s.overrides for s in regime if s.mode == "oracle"} == {
+        (f"utd_ratio={utd}", f"schedule.ratio={ratio}") for utd in (1, 4)
+        for ratio in (0.25, 0.5, 1.0)}
+    assert [s.overrides for s in regime if s.mode == "none"] == [("utd_ratio=4",)]
     assert all(s.tuned and s.offline == offline_spec("iql", s.dataset, 100,
                                                      with_prior=False).name for s in regime)
     aa = [s for s in table if s.arm == "none-aa"]
@@ -75,7 +79,7 @@ def bench_command(root, out, dataset, *extra) -> list[str]:
     overrides = [arg for o in TINY + TINY_SYNTHETIC for arg in ("--set", o)]
     return [sys.executable, "-m", "evidence", "--agents", "iql", "--datasets", dataset,
             "--seeds", "0", "--tuning-seeds", "100",
-            "--recipes", "uniform-cosine", "fixed-lr3e-5", "--ratios", "0.5", "1.0",
+            "--recipes", "uniform-cosine", "fixed-lr3e-5", "--ratios", "1.0", "--utds", "1", "2",
             "--arms", "none", "none-aa", "unguided", "edis", "oracle",
             "--profile", "smoke", "--runs-root", str(root), "--records",
             str(root.parent / "records"), "--out", str(out), *overrides, *extra]
@@ -91,9 +95,10 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     root, out = tmp_path / "runs", tmp_path / "docs"
     first = bench(root, out, hopper_dataset)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count("bench: start") == 11   # 2 offline, 2 recipes, 2 ρ, 5 arms
+    # 2 offline, 2 recipes, 3 regime runs (the oracle at UTD 1 and 2, none at 2), 5 arms
+    assert first.stdout.count("bench: start") == 12
     report = (out / "results.md").read_text()
-    assert "Finished runs: 11 of 11 planned." in report
+    assert "Finished runs: 12 of 12 planned." in report
     chosen = re.search(r"Chosen for every reported IQL run: \*\*(\S+)\*\*", report)
     assert chosen, report
     # The tuned runs carry the search's choice; the arms share the offline agent and prior.
@@ -106,11 +111,14 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     assert yaml.safe_load(Path(f"{stem}/none-aa/config.yaml").read_text())[
         "sampling_seed"] == 1000
     # the synthetic arms take the regime's ρ, chosen by the oracle on the tuning seed
-    ratio = float(re.search(r"Chosen for the table's synthetic arms: \*\*ρ = (\S+)\*\*",
-                            report).group(1))
+    regime = re.search(r"Chosen for the table: \*\*ρ = (\S+), UTD = (\d+)\*\*", report)
+    ratio, utd = float(regime.group(1)), int(regime.group(2))
     for arm in ("unguided", "edis", "oracle"):
         config = yaml.safe_load(Path(f"{stem}/{arm}/config.yaml").read_text())
         assert config["schedule"]["ratio"] == ratio, arm
+    for arm in ("none", "none-aa", "unguided", "edis", "oracle"):   # every arm at its UTD
+        config = yaml.safe_load(Path(f"{stem}/{arm}/config.yaml").read_text())
+        assert config["utd_ratio"] == utd, arm
     edis = json.loads(Path(f"{stem}/edis/summary.json").read_text())
     records = [json.loads(line) for line in Path(f"{stem}/edis/metrics.jsonl").read_text()
                .splitlines()]
@@ -126,15 +134,15 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
 
     again = bench(root, out, hopper_dataset)
     assert again.returncode == 0 and "bench: start" not in again.stdout
-    assert "bench: 11 completed" in again.stdout
+    assert "bench: 12 completed" in again.stdout
 
     # Another machine: the run directories are gone, the committed archive is not.
     records = tmp_path / "records" / "smoke"
-    assert len(list(records.rglob("*.json"))) == 11
+    assert len(list(records.rglob("*.json"))) == 12
     shutil.rmtree(root)
     elsewhere = bench(root, out, hopper_dataset)
     assert elsewhere.returncode == 0 and "bench: start" not in elsewhere.stdout
-    assert "bench: 11 archived" in elsewhere.stdout
+    assert "bench: 12 archived" in elsewhere.stdout
     assert (out / "results.md").read_text() == report      # the same report from the archive
     # A run still to make needs its offline checkpoint: that offline run is made again, and
     # ends where the archived one did (no warning), so the seed's arms stay paired.
@@ -144,7 +152,7 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     assert re.findall(r"bench: start (\S+)", remade.stdout) == [
         "hopper-random/iql/seed0/offline", "hopper-random/iql/seed0/edis"]
     assert "warning" not in remade.stderr, remade.stderr[-3000:]
-    assert "bench: 9 archived, 2 completed" in remade.stdout
+    assert "bench: 10 archived, 2 completed" in remade.stdout
 
 
 def test_a_stopped_benchmark_stops_its_runs_and_resumes_them(hopper_dataset, tmp_path):

@@ -57,13 +57,14 @@ def test_auc_is_the_mean_online_score_and_last3_the_end():
 
 
 def cell(arms: dict[str, list[tuple[float, list[float]]]], dataset: str = "edis/hopper-medium-v0",
-         group: str = "table") -> tuple[list[RunSpec], dict]:
+         group: str = "table", mode: str = "none",
+         overrides: tuple[str, ...] = ()) -> tuple[list[RunSpec], dict]:
     """Specs and finished runs of iql on `dataset`: per arm, per seed (start, scores)."""
     specs, runs = [], {}
     for arm, per_seed in arms.items():
         for seed, (start, scores) in enumerate(per_seed):
             name = f"{dataset}/{group}/seed{seed}/{arm}"
-            specs.append(RunSpec(name, group, "iql", dataset, seed, "none", arm))
+            specs.append(RunSpec(name, group, "iql", dataset, seed, mode, arm, overrides))
             runs[name] = fake_run(start, scores)
     return specs, runs
 
@@ -111,18 +112,29 @@ def test_no_verdict_on_edis_when_the_positive_control_does_not_beat_none():
     assert "EDIS beats unguided" in answered
 
 
-def test_the_regime_takes_the_share_at_which_the_oracle_gains_most_over_none():
-    from evidence.report import choose_ratio
+def test_the_regime_takes_the_share_and_utd_at_which_the_oracle_gains_most_over_none():
+    from evidence.report import choose_regime, regime_gains
 
     specs, runs = [], {}
-    for arm, per_seed in {
-        "recipe-uniform-cosine": [(20.0, [21.0, 22.0]), (22.0, [23.0, 24.0])],
-        "regime-oracle-rho0.5": [(20.0, [30.0, 31.0]), (22.0, [33.0, 32.0])],   # +9.5
-        "regime-oracle-rho1": [(20.0, [20.0, 21.0]), (22.0, [22.0, 21.0])],     # -1.5
-    }.items():
-        s, r = cell({arm: per_seed}, group="regime" if "regime" in arm else "recipe")
+    for arm, mode, overrides, per_seed in [
+        ("recipe-uniform-cosine", "none", (), [(20.0, [21.0, 22.0]), (22.0, [23.0, 24.0])]),
+        ("regime-oracle-rho0.5-utd1", "oracle", ("utd_ratio=1", "schedule.ratio=0.5"),
+         [(20.0, [30.0, 31.0]), (22.0, [33.0, 32.0])]),                        # +9
+        ("regime-oracle-rho1-utd1", "oracle", ("utd_ratio=1", "schedule.ratio=1.0"),
+         [(20.0, [20.0, 21.0]), (22.0, [22.0, 21.0])]),                        # -1.5
+        # At UTD 4 `none` itself falls; the oracle is paired with it, not with UTD 1's none.
+        ("regime-none-utd4", "none", ("utd_ratio=4",), [(20.0, [5.0, 6.0]), (22.0, [7.0, 8.0])]),
+        ("regime-oracle-rho1-utd4", "oracle", ("utd_ratio=4", "schedule.ratio=1.0"),
+         [(20.0, [19.0, 20.0]), (22.0, [21.0, 22.0])]),                        # +14 over it
+    ]:
+        s, r = cell({arm: per_seed}, group="regime" if "regime" in arm else "recipe",
+                    mode=mode, overrides=overrides)
         specs += s
         runs.update(r)
-    assert choose_ratio(specs, runs) == 0.5
+    gains = regime_gains(specs, runs)
+    assert sorted(gains) == [(0.5, 1, "edis/hopper-medium-v0"), (1.0, 1, "edis/hopper-medium-v0"),
+                             (1.0, 4, "edis/hopper-medium-v0")]
+    assert gains[1.0, 4, "edis/hopper-medium-v0"].mean == pytest.approx(14.0)
+    assert choose_regime(specs, runs) == (1.0, 4)
     del runs[specs[-1].name]
-    assert choose_ratio(specs, runs) is None
+    assert choose_regime(specs, runs) is None      # not before every regime run is done
