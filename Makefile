@@ -8,18 +8,34 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py) $(PROTOS:.proto=_pb2.pyi)
 
-.PHONY: setup run test lint bench evidence clean prometheus cluster cluster-down
+# torch is installed on its own, first, from the index of its build: the CPU build by default
+# (PyPI's Linux torch is the CUDA build, with ~2.2 GB of nvidia wheels). A CUDA machine:
+#   make setup TORCH=torch==2.13.0 TORCH_INDEX=https://pypi.org/simple
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: setup run test lint lock bench evidence clean prometheus docker-engine cluster cluster-down
 
 setup: $(STAMP) $(STUBS)
 
-# torch first and pinned: the CPU wheel must win before anything can ask for a CUDA build.
-$(STAMP): requirements.lock pyproject.toml
+# The locks carry hashes (pip-compile --generate-hashes): pip refuses any other file.
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --extra-index-url $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/python -m pip install -q -r requirements.lock -r requirements-dev.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Rewrite the locks from pyproject.toml and requirements-dev.in on the public index (pins
+# already in a lock are kept unless they no longer fit). torch stays out of them: its build
+# depends on the machine. LOCK_ARGS: more pip-compile options, e.g. --find-links=DIR.
+COMPILE = PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile -q --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+	--extra-index-url $(TORCH_INDEX) $(LOCK_ARGS)
+lock: $(STAMP)
+	$(COMPILE) --unsafe-package torch -o requirements.lock pyproject.toml
+	$(COMPILE) -o requirements-dev.lock requirements-dev.in
 
 $(STUBS) &: $(PROTOS) $(STAMP)
 	$(BIN)/python -m protos.generate
@@ -27,7 +43,7 @@ $(STUBS) &: $(PROTOS) $(STAMP)
 run: setup
 	$(BIN)/edis demo
 
-test: setup prometheus
+test: setup prometheus docker-engine
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -58,6 +74,18 @@ prometheus:
 	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else \
 	    echo "prometheus is missing: sudo apt-get install prometheus (Debian's package)"; \
+	  fi; \
+	fi
+
+# Debian's Docker engine and mmdebstrap, with which tests/test_compose.py builds the image and
+# brings docker-compose.yml up; installed when missing (as root), else that test says how.
+docker-engine:
+	@if ! command -v dockerd >/dev/null || ! command -v mmdebstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends docker.io mmdebstrap >/dev/null; \
+	  else \
+	    echo "dockerd or mmdebstrap is missing: sudo apt-get install docker.io mmdebstrap"; \
 	  fi; \
 	fi
 

@@ -19,7 +19,7 @@ import yaml
 
 T = TypeVar("T")
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 class ConfigError(ValueError):
@@ -151,7 +151,7 @@ def nest(keys: list[str], value: Any) -> dict[str, Any]:
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """Read configs/<name>.yaml (or a path to a YAML file) as a plain mapping."""
+    """Read edis_core/profiles/<name>.yaml (or a path to a YAML file) as a plain mapping."""
     path = Path(name)
     if not path.suffix:
         path = PROFILE_DIR / f"{name}.yaml"

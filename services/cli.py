@@ -117,7 +117,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "the synthetic slot: the benchmark's positive control)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--run-dir")
-    parser.add_argument("--profile", help="a YAML profile under configs/ (default: default)")
+    parser.add_argument("--profile",
+                        help="a YAML profile of edis_core/profiles/ (default: default)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set iql.expectile=0.8")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
