@@ -14,7 +14,7 @@ STUBS := $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2_grpc.py) $(PROTOS:.proto=
 TORCH ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup run test lint lock bench evidence clean prometheus docker-engine cluster cluster-down
+.PHONY: setup run test lint lock bench evidence clean prometheus docker-engine compose-up cluster cluster-down
 
 setup: $(STAMP) $(STUBS)
 
@@ -88,6 +88,15 @@ docker-engine:
 	    echo "dockerd or mmdebstrap is missing: sudo apt-get install docker.io mmdebstrap"; \
 	  fi; \
 	fi
+
+# docker compose up, once Compose is known to be v2 (1.x rejects the file: its secrets come
+# from the environment, a v2 feature).
+compose-up:
+	@v=$$(docker compose version --short 2>/dev/null); case "$$v" in \
+	  2.*|v2.*) ;; \
+	  *) echo "docker compose v2 is needed (found: $${v:-none}); see docs/operations.md"; exit 1;; \
+	esac
+	docker compose up -d
 
 # The docker-compose cluster as processes on this machine: Ray head, WORKERS Ray worker nodes
 # (one rollout actor each), the sampler, the learner (the demo run) and Prometheus on

@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from services import logs
 
 if TYPE_CHECKING:
     from edis_core.training.config import TrainConfig
@@ -186,7 +189,7 @@ def _report(trainer: Trainer, summary: dict[str, Any]) -> int:
     _print_json(summary)
     print(f"results in {trainer.run_dir}: metrics.jsonl, summary.json, learning_curve.png")
     if summary["status"] == "failed":
-        print(f"edis: error: {_one_line(summary['error'])}", file=sys.stderr)
+        logs.event(_one_line(summary["error"]), logging.ERROR)
         return 1
     return trainer.stop.exit_code if summary["status"] == "interrupted" else 0
 
@@ -245,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (`edis --debug train ...`)")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="events on stderr as one line for people (text, the default) "
+                             "or one JSON object per line (also EDIS_LOG_FORMAT)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="make and inspect Minari datasets").add_subparsers(
@@ -331,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_format)
     from edis_core.config import ConfigError
     from edis_core.data.minari_io import DatasetError
     from edis_core.training.checkpoint import CheckpointError
@@ -343,31 +350,31 @@ def main(argv: list[str] | None = None) -> int:
     except SamplerError as err:  # another process failed: not refused input
         if args.debug:
             raise
-        print(f"edis: error: {_one_line(err)}", file=sys.stderr)
+        logs.event(_one_line(err), logging.ERROR)
         return 1
     except (ConfigError, DatasetError, CheckpointError, ValueError, OSError) as err:
         if args.debug:
             raise
         hint = " (check the path and its permissions)" if isinstance(err, OSError) else ""
-        print(f"edis: error: {_one_line(err)}{hint}", file=sys.stderr)
+        logs.event(f"{_one_line(err)}{hint}", logging.ERROR)
         return 2
     except KeyboardInterrupt:  # before the training loop installs its own handler
         if args.debug:
             raise
-        print("edis: interrupted", file=sys.stderr)
+        logs.event("interrupted")
         return 130
     except Exception as err:
         if args.debug:
             raise
-        print(f"edis: error: unexpected {type(err).__name__}: {_one_line(err)}; run it again "
-              "as `edis --debug ...` for the traceback, and report it", file=sys.stderr)
+        logs.event(f"unexpected {type(err).__name__}: {_one_line(err)}; run it again as "
+                   "`edis --debug ...` for the traceback, and report it", logging.ERROR)
         return 1
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_args: Any,
                   **_kwargs: Any) -> None:
     """Warnings as one line each, like errors."""
-    print(f"edis: warning: {_one_line(message)}", file=sys.stderr)
+    logs.event(_one_line(message), logging.WARNING)
 
 
 if __name__ == "__main__":

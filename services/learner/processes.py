@@ -31,11 +31,11 @@ def _start_ray(address: str | None, actors: int) -> bool:
 
     if address is None:
         # Actors reserve one logical CPU each; the learner (the driver) reserves none.
-        ray.init(num_cpus=max(1, actors), include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=max(1, actors), include_dashboard=False, log_to_driver=True,
                  logging_level="ERROR")
         return True
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=True, logging_level="ERROR")
     except Exception as err:  # Ray raises many kinds; the user needs one line
         hint = ""
         if "auth" in str(err).lower() or "token" in str(err).lower():

@@ -25,7 +25,6 @@ run as failed instead (RunFailure: a checkpoint and a one-line reason).
 from __future__ import annotations
 
 import copy
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from edis_core.training.synthetic import (
 )
 from edis_core.training.synthetic_table import SyntheticTable
 from edis_core.transitions import Transitions
+from services import logs
 from services.learner.stream import SamplerStreamReader
 from services.sampler.client import SamplerClient, SamplerError
 from services.sampler.security import ClientSecurity
@@ -312,7 +312,7 @@ class SamplerSupply(SyntheticSupply):
                                 "real rows, reconnecting with backoff")
 
     def _event(self, event: str, message: str, **extra: float) -> None:
-        print(f"edis: sampler {event}: {message}", file=sys.stderr, flush=True)
+        logs.event(f"sampler {event}: {message}", sampler_event=event, **extra)
         self._records.append({"kind": "sampler", "phase": "online", "step": self._step,
                               "event": event, "message": message, **extra})
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +13,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+
+from services import logs
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only; containers pass 0.0.0.0
 
@@ -53,8 +54,7 @@ def serving(endpoint: MetricsEndpoint | None, registry: CollectorRegistry,
         raise ValueError(f"cannot serve metrics on {endpoint.host}:{endpoint.port} ({err}); "
                          "choose another --metrics-port, or 0 for any free one") from err
     port = server.server_address[1]
-    print(f"edis {name} metrics on http://{endpoint.host}:{port}/metrics", file=sys.stderr,
-          flush=True)
+    logs.event(f"{name} metrics on http://{endpoint.host}:{port}/metrics", metrics_port=port)
     try:
         yield port
     finally:

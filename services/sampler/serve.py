@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -17,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edis_core.generator import SyntheticGenerator
 from protos.edis.sampler.v1 import sampler_pb2_grpc as pb_grpc
+from services import logs
 from services.metrics.endpoint import serving
 from services.metrics.sampler import SamplerMetrics
 from services.sampler import weights as w
@@ -93,7 +93,7 @@ async def _serve_until_stopped(server: grpc.aio.Server, service: SamplerService,
           f"(device {service.device}, {options.threads} torch thread(s), {transport})",
           flush=True)
     await stop_requested.wait()
-    print("edis sampler: shutting down", file=sys.stderr, flush=True)
+    logs.event("sampler shutting down")
     await service.shutdown()
     await server.stop(options.grace_seconds)
     generation.cancel()
