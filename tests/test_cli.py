@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -51,6 +52,19 @@ def test_train_on_a_dataset_for_another_env_is_refused(hopper_dataset, tmp_path,
 def test_resume_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_events_are_one_json_object_per_line_when_asked_and_children_inherit_it(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDIS_LOG_FORMAT", "text")     # restored after the test
+    assert main(["--log-format", "json", "train", "--resume", str(tmp_path / "nothing")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    event = json.loads(line)
+    assert event["level"] == "error" and event["logger"] == "edis"
+    assert "not a run directory" in event["message"] and "time" in event
+    assert os.environ["EDIS_LOG_FORMAT"] == "json"     # what a started process reads
+    assert main(["--log-format", "text", "train", "--resume", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("edis: error: ")
 
 
 def test_train_runs_and_resume_of_a_finished_run_completes(hopper_dataset, tmp_path, capsys):
