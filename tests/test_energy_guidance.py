@@ -161,6 +161,7 @@ def no_policy(observations: torch.Tensor) -> torch.Tensor:
     return torch.zeros(len(observations), 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_state_energy_moves_samples_to_the_positive_buffer(seed):
     """Prior: 4 equal modes in a 2-D state. Positive buffer: one mode only; s' = s + small
@@ -188,6 +189,7 @@ def test_state_energy_moves_samples_to_the_positive_buffer(seed):
     assert guided > 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_energies_on_all_of_x_keep_the_other_dims_consistent(seed):
     """r = s₀ + s₁ exactly. The noised energy of §4 depends on every noised dim that says
@@ -226,6 +228,7 @@ def test_energies_on_all_of_x_keep_the_other_dims_consistent(seed):
     assert drift_own > 1.8 * drift_unguided and share_own < share_full - 0.15
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_policy_energy_moves_actions_to_the_policy(seed):
     """Data actions are uniform; π(a|s) = N(f(s), 0.1²); s' − s = 0.2 a repeats the action
@@ -254,6 +257,7 @@ def test_policy_energy_moves_actions_to_the_policy(seed):
     assert guided < 0.7 * unguided
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "seed, delta, factorized, margin",
     [(0, True, False, 0.55), (1, True, False, 0.55), (0, False, False, 0.55),

@@ -91,6 +91,7 @@ def test_exact_energies_at_the_default_settings_realise_the_shift(case):
     assert 0.9 <= realised.mean <= 1.1 and 0.9 <= realised.covariance <= 1.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_energies_learned_by_infonce_realise_the_shift(case):
     """EnergyNet trained by EnergyTraining with the default settings (levels: the default
@@ -107,6 +108,7 @@ def test_energies_learned_by_infonce_realise_the_shift(case):
     assert 0.8 <= realised.mean <= 1.25 and 0.8 <= realised.covariance <= 1.25
 
 
+@pytest.mark.slow
 def test_the_tilt_input_map_learns_the_energy_where_infonce_is_faint():
     """Correlated 2-D case, learned as above with EnergyNet's two input maps: at σ = 5 and
     20 the gradients of "tilt" were 4-26% off the exact ones over seeds 0-2, those of EDM's

@@ -15,6 +15,7 @@ TINY = {"target_fraction": 0.0, "max_steps": 900, "random_steps": 200, "eval_eve
         "eval_episodes": 1}
 
 
+@pytest.mark.slow
 def test_behaviour_training_stops_at_the_first_evaluation_that_reaches_the_target():
     policy = train_behaviour(BehaviourRecipe("Hopper-v5", **TINY), progress=False)
     target = reference_returns("Hopper-v5").random             # target_fraction 0

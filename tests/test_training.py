@@ -31,7 +31,7 @@ def tiny_config(dataset: str, agent: str = "iql", synthetic: str = "none",
                                         "synthetic": synthetic}, overrides)
 
 
-@pytest.mark.parametrize("agent", ["iql", "calql"])
+@pytest.mark.parametrize("agent", ["iql", pytest.param("calql", marks=pytest.mark.slow)])
 def test_offline_to_online_run_leaves_metrics_summary_and_plot(hopper_dataset, tmp_path, agent):
     trainer = Trainer.create(tiny_config(hopper_dataset, agent), tmp_path / "run")
     summary = trainer.run()
@@ -50,6 +50,7 @@ def test_offline_to_online_run_leaves_metrics_summary_and_plot(hopper_dataset, t
     assert np.isfinite(trainer.replay.contents().mc_returns).any()
 
 
+@pytest.mark.slow
 def test_edis_run_refreshes_guided_synthetic_data(hopper_dataset, tmp_path):
     trainer = Trainer.create(tiny_config(hopper_dataset, "iql", "edis"), tmp_path / "run")
     summary = trainer.run()
@@ -64,6 +65,7 @@ def test_edis_run_refreshes_guided_synthetic_data(hopper_dataset, tmp_path):
     assert len(trainer.synthetic) > 0
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_run(hopper_dataset, tmp_path):
     contents = []
     for name in ("a", "b"):
@@ -74,6 +76,7 @@ def test_same_seed_gives_the_same_run(hopper_dataset, tmp_path):
     np.testing.assert_array_equal(contents[0].actions, contents[1].actions)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_continues_at_the_same_step(hopper_dataset, tmp_path,
                                                                     monkeypatch):
     run_dir = tmp_path / "run"
@@ -109,6 +112,7 @@ def test_sigterm_checkpoints_and_resume_continues_at_the_same_step(hopper_datase
     assert train_steps == [50, 100, 150, 200, 250, 300]
 
 
+@pytest.mark.slow
 def test_diagnosis_seed_repeats_the_draw_and_other_seeds_draw_anew(hopper_dataset, tmp_path):
     run_dir = tmp_path / "run"
     Trainer.create(tiny_config(hopper_dataset, "iql", "edis", ["online_steps=120"]),
@@ -206,6 +210,7 @@ def test_a_torn_metrics_line_does_not_block_resume(hopper_dataset, tmp_path):
     assert all(json.loads(line) for line in lines)
 
 
+@pytest.mark.slow
 def test_runs_share_one_offline_checkpoint_through_offline_from(hopper_dataset, tmp_path):
     source = tmp_path / "offline"
     offline = Trainer.create(tiny_config(hopper_dataset, "calql", extra=["online_steps=0"]),
@@ -293,6 +298,7 @@ def test_runs_share_the_offline_prior_as_well_as_the_agent(hopper_dataset, tmp_p
     assert [r["step"] for r in own if r["kind"] == "train" and r["phase"] == "prior"] == [30]
 
 
+@pytest.mark.slow
 def test_a_sampling_seed_changes_the_learners_draws_but_not_its_environments(hopper_dataset,
                                                                             tmp_path):
     """The A/A control: two `none` runs from one offline checkpoint that differ only in
