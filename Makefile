@@ -29,12 +29,15 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 
 # Rewrite the locks from pyproject.toml and requirements-dev.in on the public index (pins
 # already in a lock are kept unless they no longer fit). torch stays out of them: its build
-# depends on the machine. LOCK_ARGS: more pip-compile options, e.g. --find-links=DIR.
+# depends on the machine, so its pin is taken out of the runtime lock after compiling.
+# LOCK_ARGS: more pip-compile options, e.g. --find-links=DIR.
 COMPILE = PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile -q --generate-hashes --allow-unsafe \
 	--strip-extras --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
 	--extra-index-url $(TORCH_INDEX) $(LOCK_ARGS)
 lock: $(STAMP)
-	$(COMPILE) --unsafe-package torch -o requirements.lock pyproject.toml
+	$(COMPILE) -o requirements.lock pyproject.toml
+	$(BIN)/python -c "import re, pathlib; p = pathlib.Path('requirements.lock'); \
+	  p.write_text(re.sub(r'(?ms)^torch==.*?(?=^\S)', '', p.read_text()))"
 	$(COMPILE) -o requirements-dev.lock requirements-dev.in
 
 $(STUBS) &: $(PROTOS) $(STAMP)

@@ -58,8 +58,8 @@ def ensure_datasets(datasets: list[str]) -> None:
         make_recipe_dataset(env_id, recipe)
 
 
-def chooser(specs: list[RunSpec], root: Path,
-            archive: Archive) -> Callable[[RunSpec], tuple[str, ...] | None]:
+def chooser(specs: list[RunSpec], root: Path, archive: Archive,
+            extra: list[str]) -> Callable[[RunSpec], tuple[str, ...] | None]:
     """The searches' choices for a tuned spec once they are made: the recipe for every tuned
     run; for the table's runs the regime's UTD too, and its ρ for the synthetic arms (read
     from the search runs until then; None while a choice it needs is not made)."""
@@ -74,7 +74,9 @@ def chooser(specs: list[RunSpec], root: Path,
 
     def choose(spec: RunSpec) -> tuple[str, ...] | None:
         if any(part not in made for part in needs(spec)):
-            runs = load_runs(root, search, archive)
+            # The recipe runs as launched with `extra`; the regime runs with any recipe.
+            runs = load_runs(root, search, archive,
+                             lambda s: None if s.tuned else [*extra, *s.overrides])
             if "recipe" not in made and (name := choose_recipe(search, runs)):
                 made["recipe"] = recipe_overrides(name)
             if has_regime and "utd" not in made and (regime := choose_regime(search, runs)):
@@ -136,15 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                             [*args.set, *grid.agent_overrides.get(agent, ())])
                for agent in grid.agents}
     archive = Archive(args.records / args.profile, args.set)
-    choose = chooser(specs, args.runs_root, archive)
+    runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
+                    choose=chooser(specs, args.runs_root, archive, args.set), archive=archive)
     if not args.report_only:
         ensure_datasets(sorted(set(args.datasets)))
-        runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
-                        choose=choose, archive=archive)
         outcome = runner.run(specs)
         print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
                                     for s in sorted(set(outcome.values()))), flush=True)
-    runs = load_runs(args.runs_root, specs, archive)
+    runs = load_runs(args.runs_root, specs, archive, runner.overrides)
     command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])
     report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets)

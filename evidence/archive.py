@@ -5,6 +5,11 @@ a run's summary and its evaluation and refresh records. Those are copied here wh
 completes, so that a benchmark taken over several sittings on different machines adds up:
 a run held here is never run again, and the report reads it as if its directory were there.
 
+A record keeps the overrides its run was launched with (the searches' choices included), and
+is reused only for a run that would be launched with the same ones: a later search that
+chooses otherwise gets its runs made again. Benchmarks run with other `--set` overrides keep
+their records in a folder of their own, so a quick check never replaces the real ones.
+
 An offline run held here but missing its checkpoint is run again when a run that starts from
 it has not finished. CPU training here is deterministic, so the rerun gives the checkpoint
 the held runs started from; `Archive.check_reproduced` says so when it did not.
@@ -12,6 +17,7 @@ the held runs started from; `Archive.check_reproduced` says so when it did not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,26 +28,29 @@ KEPT_KINDS = ("eval", "synthetic")
 
 
 class Archive:
-    """Runs of one profile under `root`, each with the overrides every run of its benchmark
-    had (`extra`): a run held with other overrides is not the run asked for, and is not
-    returned."""
+    """Runs of one profile under `root`; with `extra` overrides for every run of the
+    benchmark, under a folder named by them."""
 
     def __init__(self, root: Path, extra: Sequence[str] = ()) -> None:
-        self.root = root
         self.extra = list(extra)
+        digest = hashlib.sha256("\n".join(self.extra).encode()).hexdigest()[:10]
+        self.root = root / f"set-{digest}" if self.extra else root
 
     def path(self, name: str) -> Path:
         return self.root / f"{name}.json"
 
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, name: str, overrides: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """The held run `name`; with `overrides`, only if it was launched with those."""
         path = self.path(name)
         if not path.is_file():
             return None
         held = json.loads(path.read_text())
-        return held if held.get("extra", []) == self.extra else None
+        if overrides is not None and held.get("overrides") != list(overrides):
+            return None
+        return held
 
-    def put(self, name: str, run: dict[str, Any]) -> None:
-        kept = {"extra": self.extra, "summary": run["summary"],
+    def put(self, name: str, run: dict[str, Any], overrides: Sequence[str]) -> None:
+        kept = {"extra": self.extra, "overrides": list(overrides), "summary": run["summary"],
                 "records": [r for r in run["records"] if r.get("kind") in KEPT_KINDS]}
         path = self.path(name)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,9 @@ class Runner:
                     break
                 for spec in startable:
                     waiting.remove(spec)
+                    if self._held(spec):      # held with the choice the searches made since
+                        outcome[spec.name] = "archived"
+                        continue
                     running[spec.name] = (spec, self._launch(spec))
                 for name, (spec, process) in list(running.items()):
                     if process.poll() is not None:
@@ -107,17 +110,48 @@ class Runner:
                 signal.signal(sig, handler)
         return outcome
 
+    def overrides(self, spec: RunSpec) -> list[str] | None:
+        """What `spec` is launched with (offline_from aside), or None for a tuned spec while
+        the searches have not chosen."""
+        tuned: tuple[str, ...] = ()
+        if spec.tuned:
+            choice = self.choose(spec)
+            if choice is None:
+                return None
+            tuned = choice
+        # The run's own overrides come after the search's choice.
+        return [*self.extra, *tuned, *spec.overrides]
+
     def _status(self, spec: RunSpec) -> str:
-        """`status` of its run directory, or 'archived' where only the archive holds it; a
-        completed run the archive lacks is copied there."""
+        """`status` of its run directory, or 'archived' where only the archive holds it with
+        the overrides it would be launched with now; a completed run the archive lacks is
+        copied there."""
         state = status(self.root / spec.name)
         if self.archive is None:
             return state
         if state == "completed":
-            if self.archive.get(spec.name) is None:
+            if self.archive.get(spec.name, self._launched_with(spec)) is None:
                 self._keep(spec)
             return state
-        return "archived" if self.archive.get(spec.name) is not None else state
+        return "archived" if self._held(spec) else state
+
+    def _held(self, spec: RunSpec) -> bool:
+        overrides = self.overrides(spec)
+        return (self.archive is not None and overrides is not None
+                and self.archive.get(spec.name, overrides) is not None)
+
+    def _launched_with(self, spec: RunSpec) -> list[str]:
+        """The overrides of the command that first started the run, from its log (this
+        benchmark writes each command there); what it would be launched with now if the log
+        is gone."""
+        log = self._log_path(spec)
+        first = next((line for line in log.read_text().splitlines() if line.startswith("$ ")),
+                     None) if log.is_file() else None
+        if first is None or "--resume" in first:
+            return self.overrides(spec) or []
+        words = first.split()
+        values = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
+        return [v for v in values if not v.startswith("offline_from=")]
 
     def _keep(self, spec: RunSpec) -> None:
         if self.archive is None:
@@ -127,7 +161,7 @@ class Runner:
         if spec.group == "offline" and (warning := self.archive.check_reproduced(spec.name,
                                                                                  run)):
             print(f"bench: warning: {warning}", file=sys.stderr, flush=True)
-        self.archive.put(spec.name, run)
+        self.archive.put(spec.name, run, self._launched_with(spec))
 
     def _startable(self, waiting: list[RunSpec], outcome: dict[str, str],
                    busy: int) -> list[RunSpec]:
@@ -160,13 +194,8 @@ class Runner:
         edis = [sys.executable, "-m", "services.cli", "train"]
         if status(run_dir) == "resumable":
             return [*edis, "--resume", str(run_dir)]
-        tuned: tuple[str, ...] = ()
-        if spec.tuned:
-            choice = self.choose(spec)
-            assert choice is not None, "a tuned run started before the searches chose"
-            tuned = choice
-        # The run's own overrides come after the search's choice.
-        overrides = [*self.extra, *tuned, *spec.overrides]
+        overrides = self.overrides(spec)
+        assert overrides is not None, "a tuned run started before the searches chose"
         if spec.offline is not None:
             overrides.append(f"offline_from={self.root / spec.offline}")
         return [*edis, "--profile", self.profile, "--agent", spec.agent, "--dataset",
@@ -196,14 +225,16 @@ class Runner:
         return self.root / "logs" / (spec.name.replace("/", "__") + ".log")
 
 
-def load_runs(root: Path, specs: Sequence[RunSpec],
-              archive: Archive | None = None) -> dict[str, dict[str, Any]]:
-    """The finished runs of `specs` by name: from their run directories, else the archive."""
+def load_runs(root: Path, specs: Sequence[RunSpec], archive: Archive | None = None,
+              overrides: Callable[[RunSpec], list[str] | None] | None = None,
+              ) -> dict[str, dict[str, Any]]:
+    """The finished runs of `specs` by name: from their run directories, else the archive
+    (only those held with `overrides(spec)`, where it gives them)."""
     runs = {}
     for spec in specs:
         run = read_run(root / spec.name)
         if run is None and archive is not None:
-            run = archive.get(spec.name)
+            run = archive.get(spec.name, overrides(spec) if overrides else None)
         if run is not None:
             runs[spec.name] = run
     return runs

@@ -138,3 +138,18 @@ def test_the_regime_takes_the_share_and_utd_at_which_the_oracle_gains_most_over_
     assert choose_regime(specs, runs) == (1.0, 4)
     del runs[specs[-1].name]
     assert choose_regime(specs, runs) is None      # not before every regime run is done
+
+
+def test_the_archive_keeps_other_overrides_apart_and_reuses_a_run_only_as_launched(tmp_path):
+    from evidence.archive import Archive
+
+    run = {"summary": {"status": "completed"},
+           "records": [{"kind": "eval", "step": 1}, {"kind": "train", "step": 1}]}
+    real, quick = Archive(tmp_path, ()), Archive(tmp_path, ("online_steps=10",))
+    real.put("d/iql/seed0/none", run, ["iql.online_batch=uniform"])
+    quick.put("d/iql/seed0/none", run, ["online_steps=10"])
+    assert real.path("d/iql/seed0/none") != quick.path("d/iql/seed0/none")
+    held = real.get("d/iql/seed0/none", ["iql.online_batch=uniform"])
+    assert held["records"] == [{"kind": "eval", "step": 1}]        # only what the report reads
+    assert real.get("d/iql/seed0/none", ["iql.online_batch=fixed"]) is None   # chosen otherwise
+    assert quick.get("d/iql/seed0/none", ["online_steps=10"]) is not None
