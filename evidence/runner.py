@@ -83,8 +83,8 @@ class Runner:
                     break
                 for spec in startable:
                     waiting.remove(spec)
-                    if self._held(spec):      # held with the choice the searches made since
-                        outcome[spec.name] = "archived"
+                    if spec.name not in remake and self._held(spec):
+                        outcome[spec.name] = "archived"   # held, under a choice made since
                         continue
                     running[spec.name] = (spec, self._launch(spec))
                 for name, (spec, process) in list(running.items()):
