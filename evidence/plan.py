@@ -61,7 +61,7 @@ class RunSpec:
     name: str
     """Its run directory under the runs root, e.g. hopper-medium-replay/iql/seed0/edis."""
     group: str
-    """"offline", "recipe" or "table"."""
+    """"offline", "recipe", "regime" or "table"."""
     agent: str
     dataset: str
     seed: int
@@ -72,8 +72,8 @@ class RunSpec:
     offline: str | None = None
     """The offline run it starts from."""
     tuned: bool = False
-    """Takes the search's choices when it starts: the recipe, and for synthetic arms of the
-    table the regime's ρ."""
+    """Takes the searches' choices when it starts: the recipe; for the table's runs the
+    regime's UTD too, and its ρ for the synthetic arms."""
 
 
 @dataclass(frozen=True)
