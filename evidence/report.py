@@ -276,7 +276,7 @@ def regime_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
         "replace and each update-to-data ratio (UTD), against that recipe's `none` at the "
         "same UTD on the same tuning seeds (AUC, paired by seed). The table takes the "
         "(ρ, UTD) at which the oracle gains most: the regime in which this protocol can "
-        "best detect a gain, chosen without looking at EDIS. Every arm of the table runs at "
+        "best detect a gain, chosen without looking at EDIS. Every IQL arm of the table runs at "
         "that UTD.",
         "",
         *_table(["ρ", "UTD", "dataset", "oracle − none (AUC)"], rows),
@@ -447,6 +447,8 @@ def _verdict_lines(specs: Sequence[RunSpec], runs: Runs, agent: str,
     oracle = paired(specs, runs, agent, dataset, "oracle", "none", auc)
     none = by_seed(specs, runs, "table", agent, dataset, "none", auc)
     target = PAPER_GAIN * abs(float(np.mean(list(none.values())))) if none else None
+    if not none:
+        return [f"{name}: the table cannot answer yet: the base agent has no finished runs."]
     if not g["passed"]:
         return [f"{name}: the table cannot answer: the base agent fails its health gate "
                 f"({g['rule']})."]
