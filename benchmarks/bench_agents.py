@@ -3,6 +3,9 @@
 Random batch-256 tensors with Hopper dimensions (obs 11, act 3), default networks, CPU, at 1
 and 2 torch threads: the setting in which the CORL figures were measured on these machines.
 `calql-bf16` is Cal-QL with bfloat16 hidden layers in its critics (calql.critic_bf16).
+Each row also gives the update's matmul FLOPs, the rate they are done at, and that rate's
+share of this machine's float32 matmul rate measured in the same run, at the networks' size
+(256^3) and at a large one (2048^3): benchmarks/machine_peak.py.
 
     python benchmarks/bench_agents.py [--quick] [--threads 1,2] [--agents iql,calql,calql-bf16]
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_results import write_results
+from machine_peak import flops, peaks
 
 from edis_core.agents import AGENT_CONFIGS, make_agent
 from edis_core.transitions import Batch
@@ -43,8 +47,9 @@ def random_batches(count: int, batch_size: int, device: torch.device) -> list[Ba
 
 
 def updates_per_second(name: str, threads: int, batch_size: int, warmup: int, seconds: float,
-                       repeats: int, device: torch.device) -> list[float]:
-    """Rates of `repeats` timed windows of about `seconds` each, after `warmup` updates."""
+                       repeats: int, device: torch.device) -> tuple[list[float], int]:
+    """Rates of `repeats` timed windows of about `seconds` each, after `warmup` updates, and
+    the matmul FLOPs of one update."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     agent_name, options = VARIANTS[name]
@@ -60,7 +65,7 @@ def updates_per_second(name: str, threads: int, batch_size: int, warmup: int, se
             agent.update(batches[done % len(batches)])   # returns floats: synchronised
             done += 1
         rates.append(done / (time.perf_counter() - start))
-    return rates
+    return rates, flops(lambda: agent.update(batches[0]))
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -106,23 +111,31 @@ def main() -> None:
 
     rows = []
     header = (f"{'agent':<10} {'threads':>7} {'updates/s':>10} {'CORL':>7} {'target':>7} "
-              f"{'ratio vs CORL':>13}  meets target")
+              f"{'ratio vs CORL':>13} {'GFLOP/s':>8} {'÷ 256^3':>8} {'÷ 2048^3':>9}  "
+              "meets target")
     print(header)
     print("-" * len(header))
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    peak = {threads: peaks(threads, seconds / 2) for threads in thread_counts}
     for name in args.agents.split(","):
-        for threads in (int(t) for t in args.threads.split(",")):
-            rates = updates_per_second(name, threads, args.batch_size, warmup, seconds, repeats,
-                                       device)
+        for threads in thread_counts:
+            rates, update_flops = updates_per_second(name, threads, args.batch_size, warmup,
+                                                     seconds, repeats, device)
             rate = statistics.median(rates)
+            achieved = rate * update_flops / 1e9
+            share = {size: achieved / gflops for size, gflops in peak[threads]["float32"].items()}
             corl_name = VARIANTS[name][0]
             reference, target = REFERENCE.get((corl_name, threads)), TARGET.get((name, threads))
             ratio = rate / reference if reference else None
             meets = None if target is None else rate >= target
             rows.append({"agent": name, "threads": threads, "updates_per_s": rate,
                          "windows": rates, "corl_updates_per_s": reference, "target": target,
-                         "ratio_vs_corl": ratio, "meets_target": meets})
+                         "ratio_vs_corl": ratio, "meets_target": meets,
+                         "matmul_flops_per_update": update_flops, "achieved_gflops": achieved,
+                         "share_of_float32_matmul": share})
             print(f"{name:<10} {threads:>7} {rate:>10.1f} {_cell(reference, '.1f'):>7} "
-                  f"{_cell(target, '.0f'):>7} {_cell(ratio, '.2f'):>13}  "
+                  f"{_cell(target, '.0f'):>7} {_cell(ratio, '.2f'):>13} {achieved:>8.1f} "
+                  f"{share['256^3']:>8.2f} {share['2048^3']:>9.2f}  "
                   f"{'-' if meets is None else ('yes' if meets else 'NO')}")
 
     write_results(args.out, {
@@ -131,7 +144,7 @@ def main() -> None:
         "device": str(device), "quick": args.quick, "tune_malloc": args.tune_malloc,
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "rows": rows})
+        "matmul_gflops_by_threads": peak, "rows": rows})
     print(f"wrote {args.out}")
 
 

@@ -209,8 +209,8 @@ def bench_runs(args: argparse.Namespace) -> dict:
     if None in (runs["train"]["wall_s"], runs["run"]["wall_s"]):
         raise SystemExit(f"a run under {args.runs_root} was resumed, so its wall clock is "
                          "unknown: delete it and run this section again")
-    bare = updates_per_second("iql", 1, 256, warmup=20, seconds=args.seconds / 2, repeats=2,
-                              device=torch.device("cpu"))
+    bare, _ = updates_per_second("iql", 1, 256, warmup=20, seconds=args.seconds / 2,
+                                 repeats=2, device=torch.device("cpu"))
     train, run = runs["train"], runs["run"]
     return {
         "runs": runs, "bare_updates_per_s": max(bare),
