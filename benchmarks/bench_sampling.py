@@ -3,8 +3,10 @@
 Measured like docs/speed.md: Hopper dimensions (obs 11, act 3), random data, batch 1000 for
 sampling and 256 for training, torch's default threads. Reports synthetic transitions/s
 (unguided, guided with the default energies and guidance at every σ, their ratio) for
-float32 and bfloat16 sampling, diffusion training steps/s, and the energy-training cost of
-one refresh in denoiser sample-evaluations.
+float32 and bfloat16 sampling, diffusion training steps/s, the energy-training cost of one
+refresh in denoiser sample-evaluations, and each workload's matmul FLOPs and their rate's
+share of this machine's matmul rate of the same dtype, measured in the same run
+(benchmarks/machine_peak.py).
 
     python benchmarks/bench_sampling.py [--quick] [--paper]
 
@@ -21,6 +23,7 @@ import time
 import numpy as np
 import torch
 from bench_results import write_results
+from machine_peak import flops, peaks
 
 from edis_core.diffusion.prior import DiffusionConfig
 from edis_core.generator import SyntheticGenerator
@@ -66,7 +69,20 @@ def random_policy(observations: torch.Tensor) -> torch.Tensor:
     return torch.tanh(observations[:, :ACT_DIM])
 
 
-def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
+def machine_share(rates: dict[str, float], work: dict[str, int],
+                  peak: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per workload: the GFLOP/s its calls per second do, and their share of each matmul rate
+    of `peak` (this dtype's, measured in this run)."""
+    out = {}
+    for key, rate in rates.items():
+        achieved = rate * work[key] / 1e9
+        out[key] = {"gflops": achieved, "matmul_flops_per_call": work[key],
+                    **{f"share_of_{size}": achieved / gflops for size, gflops in peak.items()}}
+    return out
+
+
+def bench_size(name: str, diffusion: DiffusionConfig, seconds: float,
+               peak: dict[str, dict[str, float]]) -> dict:
     rng = np.random.default_rng(0)
     data = random_transitions(20_000, rng)
     row: dict = {
@@ -99,14 +115,22 @@ def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
             gen.train_energies(data, data, random_policy, steps=config.energy_steps)
             refresh_s = time.perf_counter() - t0
         gen.energies_trained = True  # the guided timing does not depend on the weights
-        unguided = timed(lambda gen=gen: gen.generate(SAMPLE_BATCH, guided=False), seconds)
-        guided = timed(lambda gen=gen: gen.generate(SAMPLE_BATCH, guided=True), seconds)
+        calls = {
+            "train_step": train_step,
+            "unguided": lambda gen=gen: gen.generate(SAMPLE_BATCH, guided=False),
+            "guided": lambda gen=gen: gen.generate(SAMPLE_BATCH, guided=True),
+        }
+        rates = {"unguided": timed(calls["unguided"], seconds),
+                 "guided": timed(calls["guided"], seconds),
+                 "train_step": timed(train_step, seconds, min_reps=5)}
         row[precision] = {
-            "unguided_per_s": unguided * SAMPLE_BATCH,
-            "guided_per_s": guided * SAMPLE_BATCH,
-            "guided_ratio": guided / unguided,
-            "train_steps_per_s": timed(train_step, seconds, min_reps=5),
+            "unguided_per_s": rates["unguided"] * SAMPLE_BATCH,
+            "guided_per_s": rates["guided"] * SAMPLE_BATCH,
+            "guided_ratio": rates["guided"] / rates["unguided"],
+            "train_steps_per_s": rates["train_step"],
             "energy_refresh_s": refresh_s,
+            "machine_share": machine_share(rates, {k: flops(f) for k, f in calls.items()},
+                                           peak[precision]),
         }
         row["refresh_denoiser_evaluations"] = gen.refresh_evaluations()
     row["refresh_vs_reference"] = (
@@ -119,16 +143,19 @@ def bench_size(name: str, diffusion: DiffusionConfig, seconds: float) -> dict:
 def print_table(results: dict) -> None:
     header = (
         f"{'size':6} {'precision':9} {'unguided/s':>11} {'guided/s':>10} {'ratio':>6} "
-        f"{'train/s':>8}"
+        f"{'train/s':>8}  ÷ 2048^3 matmul rate: {'unguided':>8} {'guided':>6} {'train':>5}"
     )
     print(header)
     print("-" * len(header))
     for name, row in results["sizes"].items():
         for precision in ("float32", "bfloat16"):
             r = row[precision]
+            share = {k: v["share_of_2048^3"] for k, v in r["machine_share"].items()}
             print(
                 f"{name:6} {precision:9} {r['unguided_per_s']:11.0f} {r['guided_per_s']:10.0f} "
-                f"{r['guided_ratio']:6.2f} {r['train_steps_per_s']:8.1f}"
+                f"{r['guided_ratio']:6.2f} {r['train_steps_per_s']:8.1f}   "
+                f"{'':>21}{share['unguided']:>8.2f} {share['guided']:>6.2f} "
+                f"{share['train_step']:>5.2f}"
             )
         t = row["targets"]
         print(
@@ -151,14 +178,16 @@ def main() -> None:
     sizes = {"small": DiffusionConfig()}
     if args.paper:
         sizes["paper"] = DiffusionConfig.paper()
+    peak = peaks(torch.get_num_threads(), seconds / 2)
     results = {
+        "matmul_gflops": peak,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
-        "sizes": {name: bench_size(name, cfg, seconds) for name, cfg in sizes.items()},
+        "sizes": {name: bench_size(name, cfg, seconds, peak) for name, cfg in sizes.items()},
     }
     print_table(results)
     write_results(args.out, results)
