@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_results import write_results
-from machine_peak import flops, peaks
+from machine_peak import bf16_pays, flops, peaks
 
 from edis_core.agents import AGENT_CONFIGS, make_agent
 from edis_core.transitions import Batch
@@ -119,6 +119,11 @@ def main() -> None:
     peak = {threads: peaks(threads, seconds / 2) for threads in thread_counts}
     for name in args.agents.split(","):
         for threads in thread_counts:
+            if VARIANTS[name][1].get("critic_bf16") and not bf16_pays(peak[threads]):
+                print(f"{name:<10} {threads:>7} left out: bfloat16 matmuls ran at "
+                      f"{peak[threads]['bfloat16']['256^3']:.1f} GFLOP/s against float32's "
+                      f"{peak[threads]['float32']['256^3']:.1f} on this CPU")
+                continue
             rates, update_flops = updates_per_second(name, threads, args.batch_size, warmup,
                                                      seconds, repeats, device)
             rate = statistics.median(rates)
@@ -145,7 +150,6 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         "matmul_gflops_by_threads": peak, "rows": rows})
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from edis_core.config import build
 from edis_core.data.minari_io import DatasetError, dataset_info
 from edis_core.data.recipes import make_recipe_dataset
+from edis_core.precision import bf16_pays
 from edis_core.training.config import TrainConfig
 from evidence.archive import Archive
 from evidence.plan import ARMS, RECIPES, Grid, RunSpec, plan
@@ -32,13 +33,18 @@ from evidence.report import (
 from evidence.runner import Runner, load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_BUDGETS: dict[str, dict[str, tuple[str, ...]]] = {
-    # A Cal-QL update scores 31 actions per state with each critic, ~10× an IQL update: ~5
-    # updates/s per process in float32 with one thread here, ~2× that with bfloat16 hidden
-    # layers (calql.critic_bf16), so its runs get half IQL's online budget; every arm of an
-    # agent gets the same budget.
-    "evidence": {"calql": ("calql.critic_bf16=true", "online_steps=10000")},
-}
+def agent_budgets(profile: str, device: str) -> dict[str, tuple[str, ...]]:
+    """Overrides for every run of an agent under `profile`. A Cal-QL update scores 31
+    actions per state with each critic, ~10× an IQL update: ~5 updates/s per process in
+    float32 with one thread here, so its runs get half IQL's online budget (every arm of an
+    agent gets the same budget), and bfloat16 hidden layers (calql.critic_bf16, ~2× on a CPU
+    with AMX) where this machine's bfloat16 matmuls pay (edis_core/precision.py: on a CPU
+    without bfloat16 units they run tens of times slower). The archive keys on these, so
+    runs of either precision are never mixed."""
+    if profile != "evidence":
+        return {}
+    bf16 = ("calql.critic_bf16=true",) if bf16_pays(device) else ()
+    return {"calql": (*bf16, "online_steps=10000")}
 
 
 def ensure_datasets(datasets: list[str]) -> None:
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = Grid(agents=args.agents, datasets=args.datasets, seeds=args.seeds,
                 tuning_seeds=args.tuning_seeds, arms=args.arms, recipes=args.recipes,
                 ratios=args.ratios, utds=args.utds,
-                stages=args.stages, agent_overrides=AGENT_BUDGETS.get(args.profile, {}))
+                stages=args.stages, agent_overrides=agent_budgets(args.profile, args.device))
     specs = plan(grid)
     budgets = {agent: build(TrainConfig, args.profile, {"agent": agent},  # validates first
                             [*args.set, *grid.agent_overrides.get(agent, ())])

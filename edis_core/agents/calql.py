@@ -53,7 +53,8 @@ class CalQLConfig:
     n_critics: int = 2
     critic_bf16: bool = False
     """bfloat16 matmuls in the critics' hidden layers (networks.StackedMLP): ~2× faster updates
-    on CPUs with AMX; its logged losses stay within 2% of float32's (tests/test_agents.py)."""
+    on CPUs with AMX, far slower on CPUs without bfloat16 units (edis_core/precision.py); its
+    logged losses stay within 2% of float32's (tests/test_agents.py)."""
     orthogonal_init: bool = True
     """Every layer of the critics and the actor orthogonal (gain √2), biases 0; False:
     nn.Linear's uniform initialisation."""

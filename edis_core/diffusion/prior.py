@@ -55,6 +55,7 @@ class DiffusionConfig:
     # conditionals are far off when dims are strongly coupled (s' on (s, a)).
     p_conditional: float = 0.25
     train_steps: int = 20_000
+    # bfloat16 pays only on GPUs and CPUs with bfloat16 units (edis_core/precision.py).
     train_bf16: bool = False  # bfloat16 autocast for the training forward/backward
     sample_bf16: bool = False  # bfloat16 residual-block matmuls when sampling
 

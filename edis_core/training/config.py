@@ -182,3 +182,12 @@ class TrainConfig:
     @property
     def agent_config(self) -> IQLConfig | CalQLConfig:
         return self.iql if self.agent == "iql" else self.calql
+
+    def bf16_options(self) -> list[str]:
+        """The bfloat16 options this run uses (those switched on, for its agent and mode)."""
+        used = {"calql.critic_bf16": self.agent == "calql" and self.calql.critic_bf16}
+        generated = self.synthetic in ("unguided", "edis")
+        diffusion = self.edis.diffusion
+        used["edis.diffusion.train_bf16"] = generated and diffusion.train_bf16
+        used["edis.diffusion.sample_bf16"] = generated and diffusion.sample_bf16
+        return [name for name, on in used.items() if on]

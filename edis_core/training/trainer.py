@@ -32,6 +32,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from edis_core import precision
 from edis_core.agents import make_agent
 from edis_core.buffers import PositiveBuffer, ReplayBuffer
 from edis_core.data.minari_io import OfflineDataset, check_compatible, load_dataset
@@ -127,6 +128,7 @@ class Trainer:
         torch.manual_seed(sampling_seed)
         self.rng = np.random.default_rng(sampling_seed)
         self.device = resolve_device(config.device)
+        precision.warn_if_slow(config.bf16_options(), self.device)
 
         self.dataset: OfflineDataset = load_dataset(config.dataset, gamma=self._gamma)
         env_id = config.env_id or self.dataset.env_id
