@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_runs(args.runs_root, specs, archive, runner.overrides)
     command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])
-    report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets)
+    report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets,
+                          args.jobs)
     print(f"bench: report {report}")
     return 0
 

@@ -509,6 +509,47 @@ def cost_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
     ]
 
 
+def _cpu_seconds(run: dict[str, Any]) -> float:
+    return float(sum(run["summary"].get("phase_cpu_seconds", {}).values()))
+
+
+def _kind(spec: RunSpec) -> tuple[bool, str, int]:
+    """What a run's cost depends on: offline or online, its synthetic source (offline: with
+    or without the prior), its agent updates per env step (the table's UTD is the regime
+    stage's choice, not in its overrides: 1 here)."""
+    values = dict(o.split("=", 1) for o in spec.overrides if "=" in o)
+    return (spec.group == "offline", spec.mode, int(values.get("utd_ratio", 1)))
+
+
+def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int) -> list[str]:
+    """CPU time of the finished runs by stage, and of the runs still to do at the mean of
+    finished runs of their kind (as timed by the process that finished each: a resumed run
+    counts its last process only, so these are floors)."""
+    done = [s for s in specs if s.name in runs]
+    if not done:
+        return []
+    spent: dict[str, float] = defaultdict(float)
+    of_kind: dict[tuple[bool, str, int], list[float]] = defaultdict(list)
+    for spec in done:
+        seconds = _cpu_seconds(runs[spec.name])
+        spent[spec.group] += seconds
+        of_kind[_kind(spec)].append(seconds)
+    todo = [s for s in specs if s.name not in runs]
+    known = [float(np.mean(of_kind[_kind(s)])) for s in todo if _kind(s) in of_kind]
+    by_stage = ", ".join(f"{group} {seconds / 3600:.1f}" for group, seconds in spent.items())
+    lines = [f"Compute: the {len(done)} finished runs took {sum(spent.values()) / 3600:.1f} "
+             f"CPU-hours ({by_stage})."]
+    if todo:
+        unknown = len(todo) - len(known)
+        lines.append(
+            f"The {len(todo)} runs still to do: about {sum(known) / 3600:.1f} CPU-hours for "
+            f"the {len(known)} of a kind already timed (≈ {sum(known) / 3600 / jobs:.1f} h "
+            f"at --jobs {jobs})" + (f"; {unknown} of kinds not timed yet" if unknown else "")
+            + ". Table runs are counted at UTD 1: the regime stage's UTD multiplies their "
+            "agent updates.")
+    return [" ".join(lines), ""]
+
+
 def _cost(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Over the runs' online phases as timed by the process that ran them: a resumed run
     counts only the steps and seconds of its last process."""
@@ -583,8 +624,8 @@ def quality_section(out: Path) -> list[str]:
 
 # ----- the whole report -----------------------------------------------------------------------
 def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
-                 profile: str, budgets: Mapping[str, TrainConfig]) -> Path:
-    """`budgets`: each agent's configuration of its table runs."""
+                 profile: str, budgets: Mapping[str, TrainConfig], jobs: int = 2) -> Path:
+    """`budgets`: each agent's configuration of its table runs; `jobs`: runs at a time."""
     out.mkdir(parents=True, exist_ok=True)
     done = sum(s.name in runs for s in specs)
     plots = [p for p in (plot_curves(specs, runs, out, "recipe", "results-recipes.png"),
@@ -597,6 +638,7 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         f"Finished runs: {done} of {len(specs)} planned"
         + (" (partial: rerun the command to complete it)." if done < len(specs) else "."),
         "",
+        *compute_section(specs, runs, jobs),
         *protocol_section(budgets, profile, any(s.group == "regime" for s in specs)),
         *recipe_section(specs, runs),
         *regime_section(specs, runs),

@@ -9,7 +9,15 @@ import pytest
 from scipy import stats
 
 from evidence.plan import RunSpec
-from evidence.report import PairedGain, auc, choose_recipe, gate, last3, score_section
+from evidence.report import (
+    PairedGain,
+    auc,
+    choose_recipe,
+    compute_section,
+    gate,
+    last3,
+    score_section,
+)
 
 
 def test_the_interval_is_students_t_over_the_paired_differences():
@@ -153,3 +161,23 @@ def test_the_archive_keeps_other_overrides_apart_and_reuses_a_run_only_as_launch
     assert held["records"] == [{"kind": "eval", "step": 1}]        # only what the report reads
     assert real.get("d/iql/seed0/none", ["iql.online_batch=fixed"]) is None   # chosen otherwise
     assert quick.get("d/iql/seed0/none", ["online_steps=10"]) is not None
+
+
+def test_the_compute_left_is_estimated_from_finished_runs_of_the_same_kind():
+    def spec(name: str, group: str, mode: str, utd: int) -> RunSpec:
+        return RunSpec(name, group, "iql", "edis/hopper-medium-v0", 0, mode,
+                       overrides=(f"utd_ratio={utd}",))
+
+    def timed(hours: float) -> dict:
+        return {"summary": {"phase_cpu_seconds": {"offline": 0.0, "online": 3600 * hours}}}
+
+    specs = [spec("a", "recipe", "none", 1), spec("b", "regime", "none", 4),
+             spec("c", "table", "none", 1), spec("d", "table", "edis", 1),
+             spec("e", "regime", "none", 4)]
+    runs = {"a": timed(0.5), "b": timed(2.0)}
+    (line, _) = compute_section(specs, runs, jobs=2)
+    assert "took 2.5 CPU-hours (recipe 0.5, regime 2.0)" in line
+    # c is timed by a (none at UTD 1, any stage), e by b; d's kind has no finished run.
+    assert "about 2.5 CPU-hours for the 2 of a kind already timed (≈ 1.2 h at --jobs 2)" in line
+    assert "1 of kinds not timed yet" in line
+    assert compute_section(specs, {}, jobs=2) == []
