@@ -2,7 +2,8 @@
 Runs the plan of evidence/plan.py (resumable: finished runs are reused, interrupted ones
 resumed), then writes docs/results.md and its plots (evidence/report.py).
 
-    python -m evidence                       # the whole plan, ~8 h on 2 cores
+    python -m evidence                       # the whole plan, many hours on 2 cores
+    python -m evidence --hours 2.5           # what fits in a sitting; the rest waits
     python -m evidence --report-only         # the report from the runs finished so far
     python -m evidence --stages recipe regime   # the searches alone
     python -m evidence --agents calql --seeds 0 1 2 --arms none edis oracle
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,6 +119,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", default="evidence")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="this call's time budget: no run starts that would not finish "
+                             "within it (estimated from finished runs of its kind); the rest "
+                             "waits for the next call")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run")
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
@@ -128,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.hours is not None and not args.hours > 0:
+        parser.error("--hours must be > 0")
     if set(args.seeds) & set(args.tuning_seeds):
         parser.error("--tuning-seeds must not be reported seeds (--seeds)")
     return args
@@ -145,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                for agent in grid.agents}
     archive = Archive(args.records / args.profile, args.set)
     runner = Runner(args.runs_root, args.profile, args.device, args.jobs, args.set,
-                    choose=chooser(specs, args.runs_root, archive, args.set), archive=archive)
+                    choose=chooser(specs, args.runs_root, archive, args.set), archive=archive,
+                    deadline=None if args.hours is None else time.time() + 3600 * args.hours)
     if not args.report_only:
         ensure_datasets(sorted(set(args.datasets)))
         outcome = runner.run(specs)

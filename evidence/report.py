@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 
 from edis_core.training.config import TrainConfig
-from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, regime_arm, short
+from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, cost_kind, regime_arm, short
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -513,14 +513,6 @@ def _cpu_seconds(run: dict[str, Any]) -> float:
     return float(sum(run["summary"].get("phase_cpu_seconds", {}).values()))
 
 
-def _kind(spec: RunSpec) -> tuple[bool, str, int]:
-    """What a run's cost depends on: offline or online, its synthetic source (offline: with
-    or without the prior), its agent updates per env step (the table's UTD is the regime
-    stage's choice, not in its overrides: 1 here)."""
-    values = dict(o.split("=", 1) for o in spec.overrides if "=" in o)
-    return (spec.group == "offline", spec.mode, int(values.get("utd_ratio", 1)))
-
-
 def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int) -> list[str]:
     """CPU time of the finished runs by stage, and of the runs still to do at the mean of
     finished runs of their kind (as timed by the process that finished each: a resumed run
@@ -533,9 +525,9 @@ def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int) -> list[str
     for spec in done:
         seconds = _cpu_seconds(runs[spec.name])
         spent[spec.group] += seconds
-        of_kind[_kind(spec)].append(seconds)
+        of_kind[cost_kind(spec)].append(seconds)
     todo = [s for s in specs if s.name not in runs]
-    known = [float(np.mean(of_kind[_kind(s)])) for s in todo if _kind(s) in of_kind]
+    known = [float(np.mean(of_kind[cost_kind(s)])) for s in todo if cost_kind(s) in of_kind]
     by_stage = ", ".join(f"{group} {seconds / 3600:.1f}" for group, seconds in spent.items())
     lines = [f"Compute: the {len(done)} finished runs took {sum(spent.values()) / 3600:.1f} "
              f"CPU-hours ({by_stage})."]

@@ -18,13 +18,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evidence.archive import Archive
-from evidence.plan import RunSpec
+from evidence.plan import RunSpec, cost_kind
 from services.sampler.process import die_with_parent
 
 SUMMARY = "summary.json"
@@ -57,6 +58,12 @@ class Runner:
     incomplete."""
     poll_seconds: float = 2.0
     archive: Archive | None = None
+    deadline: float | None = None
+    """time.time() after which no run starts, nor one expected to end after it (from the
+    wall clock of finished runs of its kind; a run of a kind never timed starts while there
+    is time): a sitting's budget, so that no run is cut off when the machine goes."""
+    _durations: dict[tuple[bool, str, int], list[float]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def run(self, specs: list[RunSpec]) -> dict[str, str]:
         """Run what is not complete; returns every spec's final status by name
@@ -66,6 +73,7 @@ class Runner:
         remake = {s.offline for s in specs if s.name in pending and s.offline is not None
                   and outcome[s.offline] == "archived"}
         waiting = [s for s in specs if s.name in pending | remake]
+        self._durations = self._timed(specs) if self.deadline is not None else {}
         running: dict[str, tuple[RunSpec, subprocess.Popen]] = {}
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         stop: list[int] = []
@@ -74,6 +82,10 @@ class Runner:
         try:
             while (waiting or running) and not stop:
                 startable = self._startable(waiting, outcome, len(running))
+                if not startable and not running and any(map(self._late, waiting)):
+                    print(f"bench: {len(waiting)} runs left for a later call: they would not "
+                          "finish within the time budget", flush=True)
+                    break
                 if not startable and not running:
                     # What still waits depends on runs that will not finish (a failed search run).
                     for spec in waiting:
@@ -93,6 +105,8 @@ class Runner:
                         outcome[name] = status(self.root / name)
                         if outcome[name] == "completed":
                             self._keep(spec)
+                            self._durations.setdefault(cost_kind(spec), []).append(
+                                wall_seconds(read_run(self.root / name) or {}))
                         else:
                             outcome[name] = "failed"
                             print(f"bench: {name} failed (exit {process.returncode}); see "
@@ -174,8 +188,26 @@ class Runner:
                 continue
             if spec.tuned and self.choose(spec) is None:
                 continue
+            if self._late(spec):
+                continue
             ready.append(spec)
         return ready
+
+    def _timed(self, specs: list[RunSpec]) -> dict[tuple[bool, str, int], list[float]]:
+        """Wall clock of the finished runs of `specs`, by `cost_kind`."""
+        durations: dict[tuple[bool, str, int], list[float]] = defaultdict(list)
+        for name, run in load_runs(self.root, specs, self.archive, self.overrides).items():
+            spec = next(s for s in specs if s.name == name)
+            durations[cost_kind(spec)].append(wall_seconds(run))
+        return durations
+
+    def _late(self, spec: RunSpec) -> bool:
+        """Past the deadline, or expected to end after it."""
+        if self.deadline is None:
+            return False
+        timed = self._durations.get(cost_kind(spec))
+        expected = sum(timed) / len(timed) if timed else 0.0
+        return time.time() + expected > self.deadline
 
     def _drop_blocked(self, waiting: list[RunSpec], outcome: dict[str, str]) -> list[RunSpec]:
         """Skip runs whose offline run failed; they are marked 'blocked'."""
@@ -238,6 +270,11 @@ def load_runs(root: Path, specs: Sequence[RunSpec], archive: Archive | None = No
         if run is not None:
             runs[spec.name] = run
     return runs
+
+
+def wall_seconds(run: dict[str, Any]) -> float:
+    """Wall clock of a finished run's phases, as timed by the process that finished it."""
+    return float(sum(run.get("summary", {}).get("phase_seconds", {}).values()))
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
