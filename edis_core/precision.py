@@ -2,9 +2,11 @@
 
 A CPU with AMX or AVX-512 BF16 multiplies bfloat16 several times faster than float32 (the
 bfloat16 options gave Cal-QL updates 1.9× and diffusion training 1.9× on one), but on a CPU
-with AVX2 alone torch takes a slow path: 0.9 against 84 GFLOP/s at 256³ with one thread, on
-an AVX2 EPYC here (`python -m edis_core.precision` prints this machine's two rates). There a
-bfloat16 option makes a run tens of times slower, so the options say so when they start.
+with AVX2 alone torch takes a slow path: 0.7-2 against 42-84 GFLOP/s from 64³ to 512³ with
+one thread, on an AVX2 EPYC here (`python -m edis_core.precision` prints this machine's
+ratio at 128³: 0.035-0.05 there). There a bfloat16 option makes a run tens of times slower,
+so the options say so when they start. The benchmarks decide from their own, longer
+measurement at the networks' size (benchmarks/machine_peak.py: `bf16_pays`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def cpu_bf16_speedup() -> float:
 
 
 def bf16_pays(device: str | torch.device = "cpu") -> bool:
-    """bfloat16 matmuls are at least as fast as float32 ones on `device` (GPUs: assumed)."""
+    """bfloat16 matmuls are at least as fast as float32 ones on `device` (GPUs: assumed;
+    "auto": CUDA when available, as the trainer resolves it)."""
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device).type != "cpu" or cpu_bf16_speedup() >= 1.0
 
 

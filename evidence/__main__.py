@@ -42,7 +42,8 @@ def agent_budgets(profile: str, device: str) -> dict[str, tuple[str, ...]]:
     agent gets the same budget), and bfloat16 hidden layers (calql.critic_bf16, ~2× on a CPU
     with AMX) where this machine's bfloat16 matmuls pay (edis_core/precision.py: on a CPU
     without bfloat16 units they run tens of times slower). The archive keys on these, so
-    runs of either precision are never mixed."""
+    its records of either precision are never mixed (a run directory already on the machine
+    is reused or resumed as it was launched)."""
     if profile != "evidence":
         return {}
     bf16 = ("calql.critic_bf16=true",) if bf16_pays(device) else ()
@@ -120,9 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--hours", type=float, default=None,
-                        help="this call's time budget: no run starts that would not finish "
-                             "within it (estimated from finished runs of its kind); the rest "
-                             "waits for the next call")
+                        help="this call's time budget: no run starts that finished runs of "
+                             "its kind say would not end within it (a kind not yet timed "
+                             "starts while time is left); the rest waits for the next call")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run")
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")

@@ -115,12 +115,17 @@ def regime_arm(mode: str, utd: int, ratio: float | None = None) -> str:
     return f"regime-{mode}{share}-utd{utd}"
 
 
-def cost_kind(spec: RunSpec) -> tuple[bool, str, int]:
-    """What a run's cost depends on: offline or online, its synthetic source (offline: with
-    or without the prior), its agent updates per env step (the table's UTD is the regime
-    stage's choice, not in its overrides: 1 here)."""
-    values = dict(o.split("=", 1) for o in spec.overrides if "=" in o)
-    return (spec.group == "offline", spec.mode, int(values.get("utd_ratio", 1)))
+CostKind = tuple[str, bool, str, int]
+
+
+def cost_kind(spec: RunSpec, overrides: Sequence[str] | None = None) -> CostKind:
+    """What a run's cost depends on: its agent, offline or online, its synthetic source
+    (offline: with or without the prior) and its agent updates per env step, read from
+    `overrides` (what it is launched with; default: its own, in which a tuned run lacks
+    the regime stage's UTD, so counts as UTD 1)."""
+    values = dict(o.split("=", 1) for o in (spec.overrides if overrides is None else overrides)
+                  if "=" in o)
+    return (spec.agent, spec.group == "offline", spec.mode, int(values.get("utd_ratio", 1)))
 
 
 def aa_overrides(seed: int) -> tuple[str, ...]:

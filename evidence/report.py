@@ -510,6 +510,8 @@ def cost_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
 
 
 def _cpu_seconds(run: dict[str, Any]) -> float:
+    """CPU time of a finished run's phases (the report's measure of compute; the runner's
+    time budget uses wall clock, runner.wall_seconds)."""
     return float(sum(run["summary"].get("phase_cpu_seconds", {}).values()))
 
 

@@ -18,14 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evidence.archive import Archive
-from evidence.plan import RunSpec, cost_kind
+from evidence.plan import CostKind, RunSpec, cost_kind
 from services.sampler.process import die_with_parent
 
 SUMMARY = "summary.json"
@@ -62,8 +61,8 @@ class Runner:
     """time.time() after which no run starts, nor one expected to end after it (from the
     wall clock of finished runs of its kind; a run of a kind never timed starts while there
     is time): a sitting's budget, so that no run is cut off when the machine goes."""
-    _durations: dict[tuple[bool, str, int], list[float]] = field(
-        default_factory=dict, init=False, repr=False)
+    _durations: dict[CostKind, list[float]] = field(default_factory=dict, init=False,
+                                                    repr=False)
 
     def run(self, specs: list[RunSpec]) -> dict[str, str]:
         """Run what is not complete; returns every spec's final status by name
@@ -82,16 +81,18 @@ class Runner:
         try:
             while (waiting or running) and not stop:
                 startable = self._startable(waiting, outcome, len(running))
-                if not startable and not running and any(map(self._late, waiting)):
-                    print(f"bench: {len(waiting)} runs left for a later call: they would not "
-                          "finish within the time budget", flush=True)
-                    break
                 if not startable and not running:
-                    # What still waits depends on runs that will not finish (a failed search run).
+                    # Those ready to start, or waiting for a run that still waits, are late;
+                    # the others depend on runs that will not finish (a failed search run).
+                    late = self._late_ones(waiting, outcome)
                     for spec in waiting:
-                        outcome[spec.name] = "blocked"
-                        print(f"bench: {spec.name} skipped: what it depends on did not finish",
-                              file=sys.stderr)
+                        if spec not in late:
+                            outcome[spec.name] = "blocked"
+                            print(f"bench: {spec.name} skipped: what it depends on did not "
+                                  "finish", file=sys.stderr)
+                    if late:
+                        print(f"bench: {len(late)} runs left for a later call: they would not "
+                              "finish within the time budget", flush=True)
                     break
                 for spec in startable:
                     waiting.remove(spec)
@@ -105,7 +106,7 @@ class Runner:
                         outcome[name] = status(self.root / name)
                         if outcome[name] == "completed":
                             self._keep(spec)
-                            self._durations.setdefault(cost_kind(spec), []).append(
+                            self._durations.setdefault(self._kind(spec), []).append(
                                 wall_seconds(read_run(self.root / name) or {}))
                         else:
                             outcome[name] = "failed"
@@ -180,32 +181,50 @@ class Runner:
     def _startable(self, waiting: list[RunSpec], outcome: dict[str, str],
                    busy: int) -> list[RunSpec]:
         free = self.jobs - busy
-        ready = []
+        ready: list[RunSpec] = []
         for spec in waiting:
             if len(ready) >= free:
                 break
-            if spec.offline is not None and outcome.get(spec.offline) != "completed":
-                continue
-            if spec.tuned and self.choose(spec) is None:
-                continue
-            if self._late(spec):
-                continue
-            ready.append(spec)
+            if self._ready(spec, outcome) and not self._late(spec):
+                ready.append(spec)
         return ready
 
-    def _timed(self, specs: list[RunSpec]) -> dict[tuple[bool, str, int], list[float]]:
-        """Wall clock of the finished runs of `specs`, by `cost_kind`."""
-        durations: dict[tuple[bool, str, int], list[float]] = defaultdict(list)
-        for name, run in load_runs(self.root, specs, self.archive, self.overrides).items():
-            spec = next(s for s in specs if s.name == name)
-            durations[cost_kind(spec)].append(wall_seconds(run))
+    def _late_ones(self, waiting: list[RunSpec], outcome: dict[str, str]) -> list[RunSpec]:
+        """Of `waiting`, once none can start: those the time budget holds back, directly or
+        through a run they wait for."""
+        names = {s.name for s in waiting}
+        searching = any(s.group in ("recipe", "regime") for s in waiting)
+        return [s for s in waiting if self._ready(s, outcome) or s.offline in names
+                or (s.tuned and searching)]
+
+    def _ready(self, spec: RunSpec, outcome: dict[str, str]) -> bool:
+        """Its offline run is complete and, if tuned, the searches have chosen."""
+        if spec.offline is not None and outcome.get(spec.offline) != "completed":
+            return False
+        return not spec.tuned or self.choose(spec) is not None
+
+    def _kind(self, spec: RunSpec) -> CostKind:
+        """Its cost kind as it would be launched now (a tuned table run at the chosen UTD)."""
+        return cost_kind(spec, self.overrides(spec))
+
+    def _timed(self, specs: list[RunSpec]) -> dict[CostKind, list[float]]:
+        """Wall clock of the finished runs of `specs`, by kind (a tuned run only once the
+        searches have chosen, so that no run made under another choice is counted)."""
+        durations: dict[CostKind, list[float]] = {}
+        chosen = [s for s in specs if self.overrides(s) is not None]
+        for spec in chosen:
+            run = load_runs(self.root, [spec], self.archive, self.overrides).get(spec.name)
+            if run is not None:
+                durations.setdefault(self._kind(spec), []).append(wall_seconds(run))
         return durations
 
     def _late(self, spec: RunSpec) -> bool:
-        """Past the deadline, or expected to end after it."""
+        """Past the deadline, or expected to end after it (a kind never timed: only past
+        it). Runs are timed by the process that finished them: a resumed run counts its last
+        process only, which pulls its kind's mean down."""
         if self.deadline is None:
             return False
-        timed = self._durations.get(cost_kind(spec))
+        timed = self._durations.get(self._kind(spec))
         expected = sum(timed) / len(timed) if timed else 0.0
         return time.time() + expected > self.deadline
 

@@ -17,12 +17,16 @@ from edis_core.training.config import TrainConfig
 
 
 def test_the_probe_measures_a_positive_ratio_and_leaves_the_thread_count():
+    threads = torch.get_num_threads()
+    precision.cpu_bf16_speedup.cache_clear()
     torch.set_num_threads(2)
-    speedup = precision._seconds_per_matmul(torch.float32) / precision._seconds_per_matmul(
-        torch.bfloat16)
-    assert math.isfinite(speedup) and speedup > 0
-    precision.cpu_bf16_speedup()
-    assert torch.get_num_threads() == 2
+    try:
+        speedup = precision.cpu_bf16_speedup()
+        assert math.isfinite(speedup) and speedup > 0
+        assert torch.get_num_threads() == 2
+        assert precision.bf16_pays("auto") == (torch.cuda.is_available() or speedup >= 1.0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("speedup", "warns"), [(0.03, True), (1.8, False)])
