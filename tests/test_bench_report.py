@@ -148,6 +148,25 @@ def test_the_regime_takes_the_share_and_utd_at_which_the_oracle_gains_most_over_
     assert choose_regime(specs, runs) is None      # not before every regime run is done
 
 
+def test_the_regime_section_says_where_no_regime_lets_the_oracle_beat_none():
+    from evidence.report import _regime_choice_lines
+
+    replay, medium = "edis/hopper-medium-replay-v0", "edis/hopper-medium-v0"
+    gains = {(0.5, 4, replay): PairedGain((-1.0, 0.5, 0.2)),
+             (1.0, 4, replay): PairedGain((2.0, -3.0, 0.1)),
+             (0.5, 4, medium): PairedGain((7.0, 7.5, 6.8)),
+             (1.0, 4, medium): PairedGain((9.0, -2.0, 5.0))}
+    lines = _regime_choice_lines(gains, (0.5, 4))
+    assert lines[0] == "Chosen for the table: **ρ = 0.5, UTD = 4**."
+    replay_line, medium_line = lines[2:]
+    assert replay_line.startswith("- hopper-medium-replay: at the chosen regime oracle − none "
+                                  "= -0.1, 95% interval")
+    assert "at no regime tried does the oracle beat `none`" in replay_line
+    assert medium_line.endswith("the oracle beats `none` at ρ = 0.5, UTD 4.")
+    assert _regime_choice_lines(gains, None) == [
+        "The regime search has not finished: no regime is chosen yet."]
+
+
 def test_the_archive_keeps_other_overrides_apart_and_reuses_a_run_only_as_launched(tmp_path):
     from evidence.archive import Archive
 
