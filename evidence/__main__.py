@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])
     report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets,
-                          args.jobs)
+                          args.jobs, runner.overrides)
     print(f"bench: report {report}")
     return 0
 

@@ -29,12 +29,22 @@ import torch
 from scipy import stats
 
 from edis_core.training.config import TrainConfig
-from evidence.plan import RECIPE_AGENT, RECIPES, RunSpec, cost_kind, regime_arm, short
+from evidence.plan import (
+    RECIPE_AGENT,
+    RECIPES,
+    CostKind,
+    RunSpec,
+    cost_kind,
+    regime_arm,
+    short,
+)
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
 Runs = dict[str, dict[str, Any]]
+Launch = Callable[[RunSpec], list[str] | None]
+"""What a run is launched with once the searches have chosen (the runner's `overrides`)."""
 GATE_DROP = 10.0
 """The base agent must stay within this many normalised points of its offline start."""
 PAPER_GAIN = 0.20
@@ -305,10 +315,11 @@ def _regime_choice_lines(gains: Mapping[tuple[float, int, str], PairedGain],
         beaten = [f"ρ = {r:g}, UTD {u}" for (r, u), g in mine.items()
                   if g.interval is not None and g.interval[0] > 0]
         if not beaten:
-            reading = ("at no regime tried does the oracle beat `none` on the tuning seeds: "
-                       "real on-policy rows in the synthetic slot add no gain these seeds can "
-                       "detect, so a generated arm is not expected to show one here (the "
-                       "table's oracle arm measures it again on its seeds)")
+            reading = ("at no regime tried does the oracle's interval exclude 0 on the "
+                       "tuning seeds, so any gain from real on-policy rows in the synthetic "
+                       "slot is too small for them to resolve; the table's oracle arm measures "
+                       "it again on its seeds, and where it does not beat `none` there, no "
+                       "generated arm can show a gain")
         else:
             reading = f"the oracle beats `none` at {'; '.join(beaten)}"
         lines.append(f"- {short(dataset)}: at the chosen regime oracle − none = "
@@ -543,21 +554,30 @@ def _cpu_seconds(run: dict[str, Any]) -> float:
     return float(sum(run["summary"].get("phase_cpu_seconds", {}).values()))
 
 
-def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int) -> list[str]:
+def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int,
+                    launch: Launch | None = None) -> list[str]:
     """CPU time of the finished runs by stage, and of the runs still to do at the mean of
     finished runs of their kind (as timed by the process that finished each: a resumed run
-    counts its last process only, so these are floors)."""
+    counts its last process only, so these are floors). `launch`: the overrides a run is
+    launched with once the searches have chosen (None before), so that its kind carries the
+    chosen UTD; without it, or before the choice, a run counts at its own overrides."""
     done = [s for s in specs if s.name in runs]
     if not done:
         return []
+
+    def kind(spec: RunSpec) -> CostKind:
+        overrides = launch(spec) if launch is not None else None
+        return cost_kind(spec, overrides)
+
     spent: dict[str, float] = defaultdict(float)
-    of_kind: dict[tuple[bool, str, int], list[float]] = defaultdict(list)
+    of_kind: dict[CostKind, list[float]] = defaultdict(list)
     for spec in done:
         seconds = _cpu_seconds(runs[spec.name])
         spent[spec.group] += seconds
-        of_kind[cost_kind(spec)].append(seconds)
+        of_kind[kind(spec)].append(seconds)
     todo = [s for s in specs if s.name not in runs]
-    known = [float(np.mean(of_kind[cost_kind(s)])) for s in todo if cost_kind(s) in of_kind]
+    known = [float(np.mean(of_kind[kind(s)])) for s in todo if kind(s) in of_kind]
+    unchosen = sum(s.tuned and (launch is None or launch(s) is None) for s in todo)
     by_stage = ", ".join(f"{group} {seconds / 3600:.1f}" for group, seconds in spent.items())
     lines = [f"Compute: the {len(done)} finished runs took {sum(spent.values()) / 3600:.1f} "
              f"CPU-hours ({by_stage})."]
@@ -567,8 +587,9 @@ def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int) -> list[str
             f"The {len(todo)} runs still to do: about {sum(known) / 3600:.1f} CPU-hours for "
             f"the {len(known)} of a kind already timed (≈ {sum(known) / 3600 / jobs:.1f} h "
             f"at --jobs {jobs})" + (f"; {unknown} of kinds not timed yet" if unknown else "")
-            + ". Table runs are counted at UTD 1: the regime stage's UTD multiplies their "
-            "agent updates.")
+            + "." + (f" {unchosen} of them wait on the searches' choices and are counted at "
+                     "UTD 1: the regime stage's UTD multiplies their agent updates."
+                     if unchosen else ""))
     return [" ".join(lines), ""]
 
 
@@ -646,8 +667,10 @@ def quality_section(out: Path) -> list[str]:
 
 # ----- the whole report -----------------------------------------------------------------------
 def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
-                 profile: str, budgets: Mapping[str, TrainConfig], jobs: int = 2) -> Path:
-    """`budgets`: each agent's configuration of its table runs; `jobs`: runs at a time."""
+                 profile: str, budgets: Mapping[str, TrainConfig], jobs: int = 2,
+                 launch: Launch | None = None) -> Path:
+    """`budgets`: each agent's configuration of its table runs; `jobs`: runs at a time;
+    `launch`: what each run is launched with (compute_section)."""
     out.mkdir(parents=True, exist_ok=True)
     done = sum(s.name in runs for s in specs)
     plots = [p for p in (plot_curves(specs, runs, out, "recipe", "results-recipes.png"),
@@ -660,7 +683,7 @@ def write_report(specs: Sequence[RunSpec], runs: Runs, out: Path, command: str,
         f"Finished runs: {done} of {len(specs)} planned"
         + (" (partial: rerun the command to complete it)." if done < len(specs) else "."),
         "",
-        *compute_section(specs, runs, jobs),
+        *compute_section(specs, runs, jobs, launch),
         *protocol_section(budgets, profile, any(s.group == "regime" for s in specs)),
         *recipe_section(specs, runs),
         *regime_section(specs, runs),

@@ -161,7 +161,7 @@ def test_the_regime_section_says_where_no_regime_lets_the_oracle_beat_none():
     replay_line, medium_line = lines[2:]
     assert replay_line.startswith("- hopper-medium-replay: at the chosen regime oracle − none "
                                   "= -0.1, 95% interval")
-    assert "at no regime tried does the oracle beat `none`" in replay_line
+    assert "at no regime tried does the oracle's interval exclude 0" in replay_line
     assert medium_line.endswith("the oracle beats `none` at ρ = 0.5, UTD 4.")
     assert _regime_choice_lines(gains, None) == [
         "The regime search has not finished: no regime is chosen yet."]
@@ -200,3 +200,25 @@ def test_the_compute_left_is_estimated_from_finished_runs_of_the_same_kind():
     assert "about 2.5 CPU-hours for the 2 of a kind already timed (≈ 1.2 h at --jobs 2)" in line
     assert "1 of kinds not timed yet" in line
     assert compute_section(specs, {}, jobs=2) == []
+
+
+def test_runs_waiting_on_the_regime_are_costed_at_its_utd_once_it_is_chosen():
+    def timed(hours: float) -> dict:
+        return {"summary": {"phase_cpu_seconds": {"offline": 0.0, "online": 3600 * hours}}}
+
+    def spec(name: str, group: str, overrides: tuple[str, ...], tuned: bool) -> RunSpec:
+        return RunSpec(name, group, "iql", "edis/hopper-medium-v0", 0, "none",
+                       overrides=overrides, tuned=tuned)
+
+    specs = [spec("r1", "recipe", (), False), spec("r4", "regime", ("utd_ratio=4",), True),
+             spec("t", "table", (), True)]
+    runs = {"r1": timed(0.5), "r4": timed(2.0)}
+
+    def chosen(s: RunSpec) -> list[str]:
+        return [*(("utd_ratio=4",) if s.tuned else ()), *s.overrides]
+
+    (before, _) = compute_section(specs, runs, jobs=1, launch=lambda s: None if s.tuned
+                                  and s.group == "table" else chosen(s))
+    assert "about 0.5 CPU-hours" in before and "1 of them wait on the searches" in before
+    (after, _) = compute_section(specs, runs, jobs=1, launch=chosen)
+    assert "about 2.0 CPU-hours" in after and "wait on the searches" not in after
