@@ -148,21 +148,27 @@ def test_the_regime_takes_the_share_and_utd_at_which_the_oracle_gains_most_over_
     assert choose_regime(specs, runs) is None      # not before every regime run is done
 
 
-def test_the_regime_section_says_where_no_regime_lets_the_oracle_beat_none():
+def test_the_regime_section_says_per_dataset_where_the_oracles_interval_lies_above_zero():
     from evidence.report import _regime_choice_lines
 
     replay, medium = "edis/hopper-medium-replay-v0", "edis/hopper-medium-v0"
+    walker = "edis/walker2d-medium-v0"
     gains = {(0.5, 4, replay): PairedGain((-1.0, 0.5, 0.2)),
-             (1.0, 4, replay): PairedGain((2.0, -3.0, 0.1)),
+             (1.0, 4, replay): PairedGain((-2.0, -2.1, -1.9)),    # below 0: not "above"
              (0.5, 4, medium): PairedGain((7.0, 7.5, 6.8)),
-             (1.0, 4, medium): PairedGain((9.0, -2.0, 5.0))}
+             (1.0, 4, medium): PairedGain((9.0, -2.0, 5.0)),
+             (1.0, 4, walker): PairedGain((1.0, 2.0, 3.0))}       # the choice not tried
     lines = _regime_choice_lines(gains, (0.5, 4))
     assert lines[0] == "Chosen for the table: **ρ = 0.5, UTD = 4**."
-    replay_line, medium_line = lines[2:]
+    replay_line, medium_line, walker_line = lines[2:5]
     assert replay_line.startswith("- hopper-medium-replay: at the chosen regime oracle − none "
                                   "= -0.1, 95% interval")
-    assert "at no regime tried does the oracle's interval exclude 0" in replay_line
-    assert medium_line.endswith("the oracle beats `none` at ρ = 0.5, UTD 4.")
+    assert "MDE" in replay_line
+    assert replay_line.endswith("at none of the 2 regimes tried does its interval lie above 0.")
+    assert medium_line.endswith("its interval lies above 0 at ρ = 0.5, UTD 4 (uncorrected for "
+                                "the 2 regimes tried).")
+    assert walker_line.startswith("- walker2d-medium: at the chosen regime oracle − none = –;")
+    assert "biased upward" in lines[-1]
     assert _regime_choice_lines(gains, None) == [
         "The regime search has not finished: no regime is chosen yet."]
 
@@ -203,22 +209,31 @@ def test_the_compute_left_is_estimated_from_finished_runs_of_the_same_kind():
 
 
 def test_runs_waiting_on_the_regime_are_costed_at_its_utd_once_it_is_chosen():
-    def timed(hours: float) -> dict:
-        return {"summary": {"phase_cpu_seconds": {"offline": 0.0, "online": 3600 * hours}}}
+    def timed(hours: float, overrides: tuple[str, ...] = ()) -> dict:
+        return {"summary": {"phase_cpu_seconds": {"offline": 0.0, "online": 3600 * hours}},
+                "overrides": list(overrides)}
 
     def spec(name: str, group: str, overrides: tuple[str, ...], tuned: bool) -> RunSpec:
         return RunSpec(name, group, "iql", "edis/hopper-medium-v0", 0, "none",
                        overrides=overrides, tuned=tuned)
 
     specs = [spec("r1", "recipe", (), False), spec("r4", "regime", ("utd_ratio=4",), True),
-             spec("t", "table", (), True)]
-    runs = {"r1": timed(0.5), "r4": timed(2.0)}
+             spec("t0", "table", (), True), spec("t", "table", (), True)]
+    # t0, a table run finished at UTD 4, is timed by what its record was launched with.
+    runs = {"r1": timed(0.5), "r4": timed(2.0, ("utd_ratio=4",)),
+            "t0": timed(4.0, ("utd_ratio=4",))}
 
     def chosen(s: RunSpec) -> list[str]:
         return [*(("utd_ratio=4",) if s.tuned else ()), *s.overrides]
 
-    (before, _) = compute_section(specs, runs, jobs=1, launch=lambda s: None if s.tuned
-                                  and s.group == "table" else chosen(s))
-    assert "about 0.5 CPU-hours" in before and "1 of them wait on the searches" in before
+    (before, _) = compute_section(specs, runs, jobs=1, launch=lambda s: None)
+    assert "about 0.5 CPU-hours" in before
+    assert "1 table runs are costed at UTD 1" in before
     (after, _) = compute_section(specs, runs, jobs=1, launch=chosen)
-    assert "about 2.0 CPU-hours" in after and "wait on the searches" not in after
+    assert "about 3.0 CPU-hours" in after          # t at the mean of r4 and t0
+    assert "costed at UTD 1" not in after
+    # A regime run still to do carries its own UTD: not one of those costed at UTD 1.
+    del runs["r4"]
+    (early, _) = compute_section(specs, runs, jobs=1)
+    assert "1 table runs are costed at UTD 1" in early
+    assert "about 4.5 CPU-hours for the 2 of a kind" in early
