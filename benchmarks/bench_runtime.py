@@ -193,7 +193,7 @@ WALL_CLOCK_GOAL = 1.0  # docs/speed.md: edis run ÷ edis train, demo budget
 LEARNER_FLOOR = 0.8  # docs/speed.md: updates/s inside the distributed run ÷ bare
 def bench_runs(args: argparse.Namespace) -> dict:
     from bench_agents import updates_per_second
-    from demo_runs import online_updates_per_s, run_to_completion, wall_clock
+    from demo_runs import learner_time, online_updates_per_s, run_to_completion, wall_clock
 
     from services.cli import ensure_demo_dataset
 
@@ -205,7 +205,8 @@ def bench_runs(args: argparse.Namespace) -> dict:
         runs[command] = {"run_dir": str(run_dir), "wall_s": wall_clock(run_dir),
                          "phase_s": summary["phase_seconds"], "steps": summary["steps"],
                          "return": summary["online_final"]["return_mean"],
-                         "online_updates_per_s": online_updates_per_s(run_dir, summary)}
+                         "online_updates_per_s": online_updates_per_s(run_dir, summary),
+                         "learner_time": learner_time(run_dir, summary)}
     if None in (runs["train"]["wall_s"], runs["run"]["wall_s"]):
         raise SystemExit(f"a run under {args.runs_root} was resumed, so its wall clock is "
                          "unknown: delete it and run this section again")
@@ -217,6 +218,8 @@ def bench_runs(args: argparse.Namespace) -> dict:
         "wall_clock_run_over_train": run["wall_s"] / train["wall_s"],
         "online_phase_run_over_train": run["phase_s"]["online"] / train["phase_s"]["online"],
         "learner_updates_over_bare": run["online_updates_per_s"] / max(bare),
+        "learner_updating_rate_over_bare": (run["learner_time"]["updates_per_updating_s"]
+                                            / max(bare)),
     }
 
 
@@ -236,6 +239,15 @@ def print_runs(row: dict) -> None:
     print(f"learner updates/s in edis run's online phase ÷ bare update benchmark "
           f"({row['bare_updates_per_s']:.0f}/s, 1 thread): "
           f"{row['learner_updates_over_bare']:.2f} (floor {LEARNER_FLOOR})")
+    for command, r in row["runs"].items():
+        time = r["learner_time"]
+        shares = ", ".join(f"{part} {share:.2f}" for part, share in time["shares"].items())
+        print(f"edis {command}: online wall clock in {shares}; "
+              f"{time['updates_per_updating_s']:.0f} updates/s while updating; "
+              f"{time['cpu_per_wall']:.2f} CPU-s per s")
+    print(f"edis run's rate while updating ÷ bare: "
+          f"{row['learner_updating_rate_over_bare']:.2f} (below 1: the update itself is "
+          "slower, the cores being shared; the rest of the gap is the share not updating)")
 
 
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None]]] = {

@@ -46,6 +46,23 @@ def wall_clock(run_dir: Path) -> float | None:
 
 def online_updates_per_s(run_dir: Path, summary: dict) -> float:
     """Agent updates in the online phase ÷ the phase's wall clock (waits for data included)."""
+    return online_updates(run_dir) / summary["phase_seconds"]["online"]
+
+
+def online_updates(run_dir: Path) -> int:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    updates = max(r.get("updates", 0) for r in records if r["kind"] == "train")
-    return updates / summary["phase_seconds"]["online"]
+    return max(r.get("updates", 0) for r in records if r["kind"] == "train")
+
+
+def learner_time(run_dir: Path, summary: dict) -> dict:
+    """Where the learner's online phase went, from the trainer's own clocks: the share of
+    its wall clock in each part of the loop (collect: waiting for and storing transitions;
+    synthetic: keeping the synthetic table supplied; agent_updates), agent updates per
+    second of updating alone, and the process's CPU-seconds per wall second (its threads
+    together, the background refresh included). The rate in edis run ÷ the bare benchmark
+    is the updating share × (the rate while updating ÷ the bare rate)."""
+    wall = summary["phase_seconds"]["online"]
+    parts = summary["online_seconds"]
+    return {"shares": {part: seconds / wall for part, seconds in parts.items()},
+            "updates_per_updating_s": online_updates(run_dir) / parts["agent_updates"],
+            "cpu_per_wall": summary["phase_cpu_seconds"]["online"] / wall}
