@@ -368,15 +368,18 @@ def recipe_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
 # ----- 2. health gate, noise floor, positive control -----------------------------------------
 def gate(specs: Sequence[RunSpec], runs: Runs, agent: str, dataset: str) -> dict[str, Any]:
     """hopper-medium-style data: `none` stays within GATE_DROP of its start at every online
-    evaluation (mean over seeds); medium-replay: its AUC is above its start (interval)."""
+    evaluation (mean over seeds); medium-replay: its AUC is above its start (interval; None,
+    not judged, with one seed)."""
     steps, rel = relative_drops(specs, runs, "table", agent, dataset, "none")
     drop = rel.mean(0) if rel.size else np.zeros(0)
     start = starts(specs, runs, "table", agent, dataset, "none")
     score = by_seed(specs, runs, "table", agent, dataset, "none", auc)
     improvement = PairedGain(tuple(score[s] - start[s] for s in start)) if start else None
+    passed: bool | None
     if "medium-replay" in dataset:
-        passed = (improvement is not None and improvement.interval is not None
-                  and improvement.interval[0] > 0)
+        # One seed has no interval: not judged yet rather than failed.
+        passed = (None if improvement is None or improvement.interval is None
+                  else bool(improvement.interval[0] > 0))
         rule = "AUC above the offline start (95% interval above 0)"
     else:
         passed = bool(len(drop)) and float(drop.min()) >= -GATE_DROP
@@ -402,7 +405,7 @@ def controls_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
             "–" if g["worst_drop"] is None else (f"{g['worst_drop']:+.1f} at "
                                                  f"{g['worst_step']:,} (one seed: "
                                                  f"{g['worst_seed_drop']:+.1f})"),
-            f"{'passes' if g['passed'] else 'FAILS'} ({g['rule']})",
+            f"{_gate_word(g['passed'])} ({g['rule']})",
             _gain_cell(aa), _gain_cell(oracle, "none")])
     if not rows:
         return []
@@ -421,6 +424,10 @@ def controls_section(specs: Sequence[RunSpec], runs: Runs) -> list[str]:
                  "oracle − none (AUC)"], rows),
         "",
     ]
+
+
+def _gate_word(passed: bool | None) -> str:
+    return {True: "passes", False: "FAILS", None: "not judged yet"}[passed]
 
 
 def _gain_cell(gain: PairedGain | None, base: str | None = None) -> str:
@@ -484,6 +491,9 @@ def _verdict_lines(specs: Sequence[RunSpec], runs: Runs, agent: str,
     target = PAPER_GAIN * abs(float(np.mean(list(none.values())))) if none else None
     if not none:
         return [f"{name}: the table cannot answer yet: the base agent has no finished runs."]
+    if g["passed"] is None:
+        return [f"{name}: the table cannot answer yet: its health gate needs a second seed "
+                f"({g['rule']})."]
     if not g["passed"]:
         return [f"{name}: the table cannot answer: the base agent fails its health gate "
                 f"({g['rule']})."]

@@ -91,7 +91,8 @@ def test_the_health_gate_on_medium_replay_needs_a_gain_over_the_start():
     rising = [(20.0, [25.0, 30.0]), (18.0, [22.0, 29.0]), (25.0, [29.0, 33.0])]
     assert gate(*cell({"none": rising}, data), "iql", data)["passed"]
     flat = [(20.0, [25.0, 15.0]), (18.0, [12.0, 22.0]), (25.0, [29.0, 23.0])]
-    assert not gate(*cell({"none": flat}, data), "iql", data)["passed"]
+    assert gate(*cell({"none": flat}, data), "iql", data)["passed"] is False
+    assert gate(*cell({"none": rising[:1]}, data), "iql", data)["passed"] is None  # one seed
 
 
 def test_the_recipe_search_prefers_a_stable_recipe_over_a_higher_one_that_collapses():
