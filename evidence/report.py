@@ -565,8 +565,9 @@ def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int,
     """CPU time of the finished runs by stage, and of the runs still to do at the mean of
     finished runs of their kind (as timed by the process that finished each: a resumed run
     counts its last process only, so these are floors). A finished run's kind comes from
-    the overrides its record was launched with; one still to do takes `launch` (what it
-    will be launched with once the searches have chosen, None before), else its own."""
+    the overrides its record was launched with, else from `launch` (what a run is launched
+    with once the searches have chosen, None before), as does a run's still to do; without
+    either, a run counts at its own overrides."""
     done = [s for s in specs if s.name in runs]
     if not done:
         return []
@@ -577,7 +578,10 @@ def compute_section(specs: Sequence[RunSpec], runs: Runs, jobs: int,
     for spec in done:
         seconds = _cpu_seconds(runs[spec.name])
         spent[spec.group] += seconds
-        of_kind[cost_kind(spec, runs[spec.name].get("overrides"))].append(seconds)
+        # A run read from its directory has no overrides of its own: those it was launched
+        # with are what it would be launched with now (the archive keeps runs so).
+        launched = runs[spec.name].get("overrides") or (launch(spec) if launch else None)
+        of_kind[cost_kind(spec, launched)].append(seconds)
     kinds = {s.name: cost_kind(s, planned[s.name]) for s in todo}
     known = [float(np.mean(of_kind[kinds[s.name]])) for s in todo if kinds[s.name] in of_kind]
     # Table runs take the regime's UTD only once it is chosen; until then their own say 1.

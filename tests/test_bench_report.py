@@ -232,6 +232,11 @@ def test_runs_waiting_on_the_regime_are_costed_at_its_utd_once_it_is_chosen():
     assert "1 table runs are costed at UTD 1" in before
     (after, _) = compute_section(specs, runs, jobs=1, launch=chosen)
     assert "about 3.0 CPU-hours" in after          # t at the mean of r4 and t0
+    # Read from its run directory, t0 has no overrides: it counts as launched now.
+    del runs["t0"]["overrides"]
+    (after, _) = compute_section(specs, runs, jobs=1, launch=chosen)
+    assert "about 3.0 CPU-hours" in after
+    runs["t0"]["overrides"] = ["utd_ratio=4"]
     assert "costed at UTD 1" not in after
     # A regime run still to do carries its own UTD: not one of those costed at UTD 1.
     del runs["r4"]
