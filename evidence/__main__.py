@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from edis_core.config import build
 from edis_core.data.minari_io import DatasetError, dataset_info
 from edis_core.data.recipes import make_recipe_dataset
@@ -26,6 +28,7 @@ from edis_core.precision import bf16_pays
 from edis_core.training.config import TrainConfig
 from evidence.archive import Archive
 from evidence.plan import ARMS, RECIPES, Grid, RunSpec, plan
+from evidence.quality import Study, study_runs, table_runs, write_results
 from evidence.report import (
     choose_recipe,
     choose_regime,
@@ -132,6 +135,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "folder per profile; committed, so that sittings add up)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--quality-rows", type=int, default=Study.rows,
+                        help="the quality study's rows per source (evidence/quality.py)")
+    parser.add_argument("--quality-steps", type=int, default=Study.steps,
+                        help="its fitted-Q-evaluation steps per critic")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
@@ -161,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         outcome = runner.run(specs)
         print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
                                     for s in sorted(set(outcome.values()))), flush=True)
+    # The edis runs' checkpoints go with their directories: study them while they are here.
+    torch.set_num_threads(1)
+    study = Study(rows=args.quality_rows, steps=args.quality_steps)
+    quality = study_runs([s for agent in grid.agents for s in table_runs(specs, agent)],
+                         args.runs_root, archive, study, study_new=not args.report_only)
+    if quality:
+        write_results(quality, study, args.out)
     runs = load_runs(args.runs_root, specs, archive, runner.overrides)
     command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])

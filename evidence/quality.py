@@ -11,10 +11,16 @@ on batches half online replay and half that source, as the agent's batches would
 only": all online replay, the reference). Each critic is then judged on fresh held-out
 episodes of π, which no model saw: its squared error against their discounted Monte-Carlo
 returns, as a share of the returns' variance (rows whose return is cut by the time limit are
-left out), its mean error (bias), and its TD error on their rows. Results go to
+left out), its mean error (bias), and its TD error on their rows.
+
+A checkpoint lives only as long as its run directory, while the table is measured over
+sittings, so each run's result is kept beside the evidence archive's records (its
+`quality/` folder, committed) with the study's settings and the overrides its run was
+launched with; a run studied once is read from there. `python -m evidence` studies the
+`edis` runs it finished before it writes the report. Results go to
 docs/synthetic_quality.json, which the evidence report (evidence/report.py) includes.
 
-    python -m evidence.quality                         # seeds 0-4 of every dataset in runs/bench
+    python -m evidence.quality                  # the table's edis runs (seeds 0-9)
     python -m evidence.quality --seeds 0 1 --steps 2000
 """
 
@@ -24,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +42,15 @@ from edis_core.training.rollouts import collect_episodes
 from edis_core.training.synthetic import ORACLE_SEED, clip_actions
 from edis_core.training.trainer import Trainer
 from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
+from evidence.archive import Archive
+from evidence.plan import Grid, RunSpec, plan, short
 from evidence.report import QUALITY_FILE, PairedGain
 from evidence.runner import status
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("online only", "offline", "unguided", "edis", "oracle")
 HELD_OUT_SEED = 50_000      # env seeds of the held-out episodes: seed + this, unlike any run's
+QUALITY_FOLDER = "quality"  # under the archive's root: one result per run
 FULL_HORIZON = 460          # γ^460 < 1%: a return cut this far from its start is near complete
 
 
@@ -176,12 +186,57 @@ def markdown(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list
     return lines
 
 
+def table_runs(specs: Sequence[RunSpec], agent: str = "iql",
+               seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """The table's `edis` runs of `agent` (of `seeds`, default all): what the study judges."""
+    return [s for s in specs if s.group == "table" and s.arm == "edis" and s.agent == agent
+            and (seeds is None or s.seed in seeds)]
+
+
+def study_runs(specs: Sequence[RunSpec], runs_root: Path, archive: Archive, study: Study,
+               study_new: bool = True) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per dataset and seed, each run's result: the one kept in the archive's quality
+    folder for this study and the overrides the run was launched with, else (with
+    `study_new`) measured now when its completed directory is here, and kept. A run with
+    neither is left out."""
+    settings = json.loads(json.dumps(dataclasses.asdict(study)))
+    results: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        record = archive.get(spec.name)
+        overrides = None if record is None else record["overrides"]
+        path = archive.root / QUALITY_FOLDER / f"{spec.name}.json"
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        if kept.get("study") == settings and kept.get("overrides") == overrides:
+            result = kept["results"]
+        elif study_new and status(runs_root / spec.name) == "completed":
+            result = study_run(runs_root / spec.name, study)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"study": settings, "overrides": overrides,
+                                        "results": result}, indent=1, sort_keys=True) + "\n")
+        else:
+            continue
+        results.setdefault(short(spec.dataset), {})[str(spec.seed)] = result
+    return results
+
+
+def write_results(results: dict[str, dict[str, Any]], study: Study, out: Path) -> Path:
+    """docs/synthetic_quality.json: the study's settings, every run's result and the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / QUALITY_FILE
+    path.write_text(json.dumps({"study": dataclasses.asdict(study), "results": results,
+                                "markdown": markdown(results)}, indent=1))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
+    parser.add_argument("--records", type=Path, default=ROOT / "evidence" / "records",
+                        help="the evidence archive (python -m evidence --records)")
+    parser.add_argument("--profile", default="evidence")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(Grid().seeds))
     parser.add_argument("--agent", default="iql")
     parser.add_argument("--steps", type=int, default=Study.steps)
     parser.add_argument("--rows", type=int, default=Study.rows)
@@ -189,21 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     study = Study(rows=args.rows, steps=args.steps)
-    results: dict[str, dict[str, Any]] = {}
-    for dataset_dir in sorted(p for p in args.runs_root.iterdir() if (p / args.agent).is_dir()):
-        for seed in args.seeds:
-            run_dir = dataset_dir / args.agent / f"seed{seed}" / "edis"
-            if status(run_dir) == "completed":
-                results.setdefault(dataset_dir.name, {})[str(seed)] = study_run(run_dir, study)
+    specs = table_runs(plan(Grid(agents=(args.agent,))), args.agent, args.seeds)
+    results = study_runs(specs, args.runs_root, Archive(args.records / args.profile), study)
     if not results:
-        print(f"quality: no completed edis run of seeds {args.seeds} under {args.runs_root}",
+        print(f"quality: no completed edis run of seeds {args.seeds} under {args.runs_root} "
+              f"nor a result of this study kept in {args.records / args.profile}",
               file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / QUALITY_FILE
-    path.write_text(json.dumps({"study": dataclasses.asdict(study), "results": results,
-                                "markdown": markdown(results)}, indent=1))
-    print(f"quality: {path}")
+    print(f"quality: {write_results(results, study, args.out)}")
     return 0
 
 

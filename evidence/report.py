@@ -667,8 +667,8 @@ def quality_section(out: Path) -> list[str]:
     path = out / QUALITY_FILE
     if not path.is_file():
         return ["## 5. Synthetic data apart from RL noise", "",
-                "Not measured yet: `python -m evidence.quality` writes "
-                f"docs/{QUALITY_FILE} from the table's frozen checkpoints.", ""]
+                "Not measured yet: `python -m evidence` studies each table `edis` run it "
+                f"finishes (evidence/quality.py) and writes docs/{QUALITY_FILE}.", ""]
     data = json.loads(path.read_text())
     return ["## 5. Synthetic data apart from RL noise", "", *data["markdown"], ""]
 

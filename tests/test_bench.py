@@ -82,7 +82,8 @@ def bench_command(root, out, dataset, *extra) -> list[str]:
             "--recipes", "uniform-cosine", "fixed-lr3e-5", "--ratios", "1.0", "--utds", "1", "2",
             "--arms", "none", "none-aa", "unguided", "edis", "oracle",
             "--profile", "smoke", "--runs-root", str(root), "--records",
-            str(root.parent / "records"), "--out", str(out), *overrides, *extra]
+            str(root.parent / "records"), "--out", str(out), "--quality-rows", "200",
+            "--quality-steps", "20", *overrides, *extra]
 
 
 def bench(root, out, dataset, *extra):
@@ -129,7 +130,7 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     for heading in ("## 1. The base agent's fine-tuning recipe", "## 1b. How much synthetic",
                     "## 2. Can this protocol "
                     "answer?", "## 3. EDIS against the base agent", "| iql | oracle |",
-                    "- iql on hopper-random:"):
+                    "- iql on hopper-random:", "| hopper-random | edis | 1 |"):
         assert heading in report, heading
 
     again = bench(root, out, hopper_dataset)
@@ -139,7 +140,8 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     # Another machine: the run directories are gone, the committed archive is not.
     # The tiny budget's --set overrides: records of their own, beside the profile's.
     (records,) = (tmp_path / "records" / "smoke").glob("set-*")
-    assert len(list(records.rglob("*.json"))) == 12
+    assert len(list(records.rglob("*.json"))) == 12 + 1     # and the edis run's quality
+    assert (records / "quality/hopper-random/iql/seed0/edis.json").is_file()
     shutil.rmtree(root)
     elsewhere = bench(root, out, hopper_dataset)
     assert elsewhere.returncode == 0 and "bench: start" not in elsewhere.stdout
