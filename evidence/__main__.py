@@ -126,7 +126,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hours", type=float, default=None,
                         help="this call's time budget: no run starts that finished runs of "
                              "its kind say would not end within it (a kind not yet timed "
-                             "starts while time is left); the rest waits for the next call")
+                             "starts while time is left); the rest waits for the next call. "
+                             "The quality study of the edis runs it finished follows "
+                             "(minutes each)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run")
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
@@ -168,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         outcome = runner.run(specs)
         print("bench: " + ", ".join(f"{sum(v == s for v in outcome.values())} {s}"
                                     for s in sorted(set(outcome.values()))), flush=True)
-    # The edis runs' checkpoints go with their directories: study them while they are here.
+    runs = load_runs(args.runs_root, specs, archive, runner.overrides)
+    # The edis runs' checkpoints go with their directories: study them while they are here
+    # (one process, one thread; not after a stop signal).
     torch.set_num_threads(1)
     study = Study(rows=args.quality_rows, steps=args.quality_steps)
-    quality = study_runs([s for agent in grid.agents for s in table_runs(specs, agent)],
-                         args.runs_root, archive, study, study_new=not args.report_only)
-    if quality:
-        write_results(quality, study, args.out)
-    runs = load_runs(args.runs_root, specs, archive, runner.overrides)
+    write_results(study_runs(table_runs(specs), runs, args.runs_root, archive, study,
+                             study_new=not (args.report_only or runner.stopped)),
+                  study, args.out)
     command = "python -m evidence " + shlex.join(argv if argv is not None
                                                        else sys.argv[1:])
     report = write_report(specs, runs, args.out, command.strip(), args.profile, budgets,

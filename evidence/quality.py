@@ -15,9 +15,10 @@ left out), its mean error (bias), and its TD error on their rows.
 
 A checkpoint lives only as long as its run directory, while the table is measured over
 sittings, so each run's result is kept beside the evidence archive's records (its
-`quality/` folder, committed) with the study's settings and the overrides its run was
-launched with; a run studied once is read from there. `python -m evidence` studies the
-`edis` runs it finished before it writes the report. Results go to
+`quality/` folder, committed) with the study's settings and its run's identity (a digest
+of the run's summary, so a run made again is studied again); a run studied once is read
+from there. `python -m evidence` studies the `edis` runs it finished before it writes the
+report. Results go to
 docs/synthetic_quality.json, which the evidence report (evidence/report.py) includes.
 
     python -m evidence.quality                  # the table's edis runs (seeds 0-9)
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,13 @@ from edis_core.transitions import Batch, Transitions, discounted_returns_to_go
 from evidence.archive import Archive
 from evidence.plan import Grid, RunSpec, plan, short
 from evidence.report import QUALITY_FILE, PairedGain
-from evidence.runner import status
+from evidence.runner import load_runs, status
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("online only", "offline", "unguided", "edis", "oracle")
 HELD_OUT_SEED = 50_000      # env seeds of the held-out episodes: seed + this, unlike any run's
+Results = dict[str, dict[str, dict[str, dict[str, dict[str, float]]]]]
+"""Per agent, dataset and seed (a string), per source, the study's measures."""
 QUALITY_FOLDER = "quality"  # under the archive's root: one result per run
 FULL_HORIZON = 460          # γ^460 < 1%: a return cut this far from its start is near complete
 
@@ -160,96 +164,118 @@ def study_run(run_dir: Path, study: Study) -> dict[str, dict[str, float]]:
     return results
 
 
-def markdown(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]:
+def markdown(results: Results) -> list[str]:
     lines = [
         "Fitted Q evaluation of each run's final policy on half online replay, half the "
         "source (evidence/quality.py); errors on fresh held-out episodes of that policy. "
         "MC error: mean squared error against Monte-Carlo returns as a share of their "
         "variance (lower is better); paired differences are against offline rows, per run.",
         "",
-        "| dataset | source | runs | MC error share | bias | TD error | MC error − offline |",
-        "|---|---|---|---|---|---|---|",
+        "| agent | dataset | source | runs | MC error share | bias | TD error | "
+        "MC error − offline |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for dataset, per_run in results.items():
-        for source in SOURCES:
-            values = [r[source] for r in per_run.values()]
-            share = [v["mc_error_share"] for v in values]
-            diff = PairedGain(tuple(r[source]["mc_error_share"] - r["offline"]["mc_error_share"]
-                                    for r in per_run.values()))
-            paired = "–" if source == "offline" else (
-                f"{diff.mean:+.3f}" + ("" if diff.interval is None else
-                                       " [{:+.3f}, {:+.3f}]".format(*diff.interval)))
-            lines.append(f"| {dataset} | {source} | {len(values)} | {np.mean(share):.3f} ± "
-                         f"{np.std(share, ddof=1) if len(share) > 1 else 0:.3f} | "
-                         f"{np.mean([v['mc_bias'] for v in values]):+.1f} | "
-                         f"{np.mean([v['td_mse'] for v in values]):.2f} | {paired} |")
+    for agent, per_dataset in results.items():
+        for dataset, per_run in per_dataset.items():
+            lines += [f"| {agent} | {dataset} | {_row(source, list(per_run.values()))} |"
+                      for source in SOURCES]
     return lines
 
 
-def table_runs(specs: Sequence[RunSpec], agent: str = "iql",
-               seeds: Sequence[int] | None = None) -> list[RunSpec]:
-    """The table's `edis` runs of `agent` (of `seeds`, default all): what the study judges."""
-    return [s for s in specs if s.group == "table" and s.arm == "edis" and s.agent == agent
+def _row(source: str, runs: list[dict[str, dict[str, float]]]) -> str:
+    values = [r[source] for r in runs]
+    share = [v["mc_error_share"] for v in values]
+    diff = PairedGain(tuple(r[source]["mc_error_share"] - r["offline"]["mc_error_share"]
+                            for r in runs))
+    paired = "–" if source == "offline" else (
+        f"{diff.mean:+.3f}" + ("" if diff.interval is None else
+                               " [{:+.3f}, {:+.3f}]".format(*diff.interval)))
+    return (f"{source} | {len(values)} | {np.mean(share):.3f} ± "
+            f"{np.std(share, ddof=1) if len(share) > 1 else 0:.3f} | "
+            f"{np.mean([v['mc_bias'] for v in values]):+.1f} | "
+            f"{np.mean([v['td_mse'] for v in values]):.2f} | {paired}")
+
+
+def table_runs(specs: Sequence[RunSpec], seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """The table's `edis` runs (of `seeds`, default all): what the study judges."""
+    return [s for s in specs if s.group == "table" and s.arm == "edis"
             and (seeds is None or s.seed in seeds)]
 
 
-def study_runs(specs: Sequence[RunSpec], runs_root: Path, archive: Archive, study: Study,
-               study_new: bool = True) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """Per dataset and seed, each run's result: the one kept in the archive's quality
-    folder for this study and the overrides the run was launched with, else (with
-    `study_new`) measured now when its completed directory is here, and kept. A run with
-    neither is left out."""
+def study_runs(specs: Sequence[RunSpec], runs: Mapping[str, dict[str, Any]], runs_root: Path,
+               archive: Archive, study: Study, study_new: bool = True) -> Results:
+    """Per agent, dataset and seed, the result of each run of `specs` that `runs` holds
+    (the finished runs the report reads, `load_runs`): the one kept in the archive's
+    quality folder for this study and this very run (its summary's digest), else, with
+    `study_new`, measured now if its completed directory is here, and kept. A study that
+    fails is reported and left out: the benchmark's report is still written."""
     settings = json.loads(json.dumps(dataclasses.asdict(study)))
-    results: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        record = archive.get(spec.name)
-        overrides = None if record is None else record["overrides"]
+    results: Results = {}
+    for spec in (s for s in specs if s.name in runs):
+        run = hashlib.sha256(json.dumps(runs[spec.name]["summary"], sort_keys=True)
+                             .encode()).hexdigest()
         path = archive.root / QUALITY_FOLDER / f"{spec.name}.json"
         kept = json.loads(path.read_text()) if path.is_file() else {}
-        if kept.get("study") == settings and kept.get("overrides") == overrides:
+        if kept.get("study") == settings and kept.get("run") == run:
             result = kept["results"]
         elif study_new and status(runs_root / spec.name) == "completed":
-            result = study_run(runs_root / spec.name, study)
+            try:
+                result = study_run(runs_root / spec.name, study)
+            except Exception as err:  # one run's study must not lose the report
+                print(f"quality: {spec.name} not studied: {type(err).__name__}: {err}",
+                      file=sys.stderr)
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"study": settings, "overrides": overrides,
-                                        "results": result}, indent=1, sort_keys=True) + "\n")
+            path.write_text(json.dumps({"study": settings, "run": run, "results": result},
+                                       indent=1, sort_keys=True) + "\n")
         else:
             continue
-        results.setdefault(short(spec.dataset), {})[str(spec.seed)] = result
+        results.setdefault(spec.agent, {}).setdefault(short(spec.dataset), {})[
+            str(spec.seed)] = result
     return results
 
 
-def write_results(results: dict[str, dict[str, Any]], study: Study, out: Path) -> Path:
-    """docs/synthetic_quality.json: the study's settings, every run's result and the table."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_results(results: Results, study: Study, out: Path) -> Path:
+    """docs/synthetic_quality.json: the study's settings, every run's result and the table
+    (removed when no run has a result, so that the report never shows an older study's)."""
     path = out / QUALITY_FILE
+    if not results:
+        path.unlink(missing_ok=True)
+        return path
+    out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"study": dataclasses.asdict(study), "results": results,
                                 "markdown": markdown(results)}, indent=1))
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = Grid()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "evidence")
     parser.add_argument("--records", type=Path, default=ROOT / "evidence" / "records",
                         help="the evidence archive (python -m evidence --records)")
     parser.add_argument("--profile", default="evidence")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="the benchmark's --set overrides (their records' folder)")
+    parser.add_argument("--agents", nargs="+", default=list(defaults.agents))
+    parser.add_argument("--datasets", nargs="+", default=list(defaults.datasets))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(Grid().seeds))
-    parser.add_argument("--agent", default="iql")
     parser.add_argument("--steps", type=int, default=Study.steps)
     parser.add_argument("--rows", type=int, default=Study.rows)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     study = Study(rows=args.rows, steps=args.steps)
-    specs = table_runs(plan(Grid(agents=(args.agent,))), args.agent, args.seeds)
-    results = study_runs(specs, args.runs_root, Archive(args.records / args.profile), study)
+    specs = table_runs(plan(Grid(agents=args.agents, datasets=args.datasets,
+                                 stages=("table",))), args.seeds)
+    archive = Archive(args.records / args.profile, args.set)
+    results = study_runs(specs, load_runs(args.runs_root, specs, archive), args.runs_root,
+                         archive, study)
     if not results:
         print(f"quality: no completed edis run of seeds {args.seeds} under {args.runs_root} "
-              f"nor a result of this study kept in {args.records / args.profile}",
-              file=sys.stderr)
+              f"nor a result of this study kept in {archive.root}", file=sys.stderr)
         return 1
     print(f"quality: {write_results(results, study, args.out)}")
     return 0

@@ -61,6 +61,8 @@ class Runner:
     """time.time() after which no run starts, nor one expected to end after it (from the
     wall clock of finished runs of its kind; a run of a kind never timed starts while there
     is time): a sitting's budget, so that no run is cut off when the machine goes."""
+    stopped: bool = field(default=False, init=False)
+    """Whether the last `run` ended on SIGINT/SIGTERM."""
     _durations: dict[CostKind, list[float]] = field(default_factory=dict, init=False,
                                                     repr=False)
 
@@ -123,6 +125,7 @@ class Runner:
                 outcome[name] = status(self.root / name)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.stopped = bool(stop)
         return outcome
 
     def overrides(self, spec: RunSpec) -> list[str] | None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from evidence.plan import Grid, offline_spec, plan
+from evidence.report import QUALITY_FILE
 from evidence.runner import status
 from tests.test_training import TINY, TINY_SYNTHETIC
 
@@ -130,7 +131,7 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     for heading in ("## 1. The base agent's fine-tuning recipe", "## 1b. How much synthetic",
                     "## 2. Can this protocol "
                     "answer?", "## 3. EDIS against the base agent", "| iql | oracle |",
-                    "- iql on hopper-random:", "| hopper-random | edis | 1 |"):
+                    "- iql on hopper-random:", "| iql | hopper-random | edis | 1 |"):
         assert heading in report, heading
 
     again = bench(root, out, hopper_dataset)
@@ -143,6 +144,7 @@ def test_the_benchmark_runs_reuses_finished_runs_and_writes_the_report(hopper_da
     assert len(list(records.rglob("*.json"))) == 12 + 1     # and the edis run's quality
     assert (records / "quality/hopper-random/iql/seed0/edis.json").is_file()
     shutil.rmtree(root)
+    (out / QUALITY_FILE).unlink()                           # made again from the archive
     elsewhere = bench(root, out, hopper_dataset)
     assert elsewhere.returncode == 0 and "bench: start" not in elsewhere.stdout
     assert "bench: 12 archived" in elsewhere.stdout
