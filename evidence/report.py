@@ -720,6 +720,11 @@ def protocol_section(budgets: Mapping[str, TrainConfig], profile: str,
         for agent, c in budgets.items())
     searched = ("; for IQL the regime stage's choice of ρ and UTD replaces these"
                 if regime else "")
+    agents = [] if "calql" in budgets else [
+        "- Agents: IQL alone. A Cal-QL update costs about 11× an IQL update at one thread "
+        "(docs/speed.md: 13.7 against 158 updates/s); the plan leaves Cal-QL out to give "
+        "IQL ten seeds on this machine, and `python -m evidence --agents calql --seeds 0 1 "
+        "2` runs it at three."]
     return [
         "## Protocol and departures from the paper",
         "",
@@ -741,5 +746,6 @@ def protocol_section(budgets: Mapping[str, TrainConfig], profile: str,
         "the budget is 2% of the paper's offline and 10% of its online steps; the denoiser is "
         "256 × 3 with 32 Heun steps (the paper's: 1024 × 6, 128 steps); the base agents' "
         "recipes are CORL's (the authors tuned theirs per method).",
+        *agents,
         "",
     ]

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from edis_core.config import build
+from edis_core.training.config import TrainConfig
 from evidence.plan import RunSpec
 from evidence.report import (
     PairedGain,
@@ -16,6 +18,7 @@ from evidence.report import (
     compute_section,
     gate,
     last3,
+    protocol_section,
     score_section,
 )
 
@@ -243,3 +246,12 @@ def test_runs_waiting_on_the_regime_are_costed_at_its_utd_once_it_is_chosen():
     (early, _) = compute_section(specs, runs, jobs=1)
     assert "1 table runs are costed at UTD 1" in early
     assert "about 4.5 CPU-hours for the 2 of a kind" in early
+
+
+def test_the_protocol_says_when_cal_ql_is_left_out_of_the_plan():
+    iql = build(TrainConfig, "evidence", {"agent": "iql"}, [])
+    calql = build(TrainConfig, "evidence", {"agent": "calql"}, [])
+    assert any(line.startswith("- Agents: IQL alone")
+               for line in protocol_section({"iql": iql}, "evidence", True))
+    assert not any(line.startswith("- Agents:")
+                   for line in protocol_section({"iql": iql, "calql": calql}, "evidence", True))
