@@ -18,8 +18,8 @@ sittings, so each run's result is kept beside the evidence archive's records (it
 `quality/` folder, committed) with the study's settings and its run's identity (a digest
 of the run's summary, so a run made again is studied again); a run studied once is read
 from there. `python -m evidence` studies the `edis` runs it finished before it writes the
-report. Results go to
-docs/synthetic_quality.json, which the evidence report (evidence/report.py) includes.
+report. Results go to docs/synthetic_quality.json, which the evidence report
+(evidence/report.py) includes.
 
     python -m evidence.quality                  # the table's edis runs (seeds 0-9)
     python -m evidence.quality --seeds 0 1 --steps 2000
